@@ -1,0 +1,1 @@
+"""Turning client updates into a new global adapter."""

@@ -1,0 +1,1 @@
+"""The `fedlm` command line: one module per command group."""

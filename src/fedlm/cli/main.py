@@ -1,0 +1,30 @@
+"""The `fedlm` entry point: every command group hangs off this Typer app."""
+
+from __future__ import annotations
+
+import warnings
+
+import typer
+
+from fedlm.cli import config_cmd, models_cmd
+from fedlm.cli.simulate import simulate_command
+
+app = typer.Typer(
+    help="fedlm: federated LoRA fine-tuning of language models. Text stays with its clients; "
+    "only adapter updates travel.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.command("simulate")(simulate_command)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(models_cmd.app, name="models")
+
+
+@app.callback()
+def main() -> None:
+    """Quiet the libraries underneath: their progress bars would drown ours."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,57 @@
+"""Rich progress bars for a simulation: rounds, clients in the round, local steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fedlm.eval.metrics import EvalResult
+
+
+class RichReporter:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        )
+        self.rounds = self.clients = self.steps = None
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def run_started(self, rounds: int) -> None:
+        self.rounds = self.progress.add_task("rounds", total=rounds, info="")
+        self.clients = self.progress.add_task("clients", total=1, info="")
+        self.steps = self.progress.add_task("steps", total=1, info="")
+
+    def round_started(self, round: int, cohort_size: int) -> None:
+        self.progress.reset(self.clients, total=max(cohort_size, 1), info=f"round {round}")
+
+    def client_started(self, round: int, index: int, steps: int) -> None:
+        self.progress.reset(self.steps, total=steps, info="")
+
+    def step_done(self, step: int, loss: float) -> None:
+        self.progress.update(self.steps, advance=1, info=f"loss {loss:.3f}")
+
+    def client_done(self, round: int, index: int) -> None:
+        self.progress.update(self.clients, advance=1)
+
+    def evaluated(self, label: str, result: EvalResult) -> None:
+        self.console.print(f"[bold]{label}[/] held-out perplexity {result.perplexity:.2f} (loss {result.loss:.4f}, {result.tokens} tokens)")
+
+    def round_done(self, record: dict[str, Any]) -> None:
+        ev = record["eval"]
+        self.progress.update(self.rounds, advance=1, info=f"ppl {ev['perplexity']:.2f}")
+        self.console.print(
+            f"round {record['round']}: v{record['version']}, {record['accepted']}/{record['cohort']} updates, "
+            f"train loss {record['train_loss'] if record['train_loss'] is None else round(record['train_loss'], 4)}, "
+            f"held-out perplexity {ev['perplexity']:.2f}, {record['seconds']:.1f} s"
+        )

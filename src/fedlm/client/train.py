@@ -1,0 +1,94 @@
+"""Local training on one client: global adapter in, update (delta of shared parameters) out.
+
+FedAvg's client step (McMahan et al. 2017, "Communication-Efficient Learning of Deep
+Networks from Decentralized Data", arXiv:1602.05629): a few epochs or steps of local
+optimisation from the current global model. The model is never copied: the global
+vector and this client's private parameters are written into the one adapter in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedlm.config import ClientSettings
+from fedlm.core.rng import derive_seed, make_rng
+from fedlm.core.types import Task, Update
+from fedlm.data.blocks import Blocks, batch_order, iter_batches
+from fedlm.models.lora import Adapter
+
+StepCallback = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    steps: int
+    tokens: int
+    mean_loss: float
+    last_loss: float
+
+
+def make_optimizer(params: list[torch.Tensor], settings: ClientSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def train_local(
+    model: torch.nn.Module,
+    params: list[torch.Tensor],
+    batches: Iterable[Blocks],
+    settings: ClientSettings,
+    on_step: StepCallback | None = None,
+) -> LocalResult:
+    """Plain supervised steps of next-token loss over `batches`; returns loss statistics."""
+    optimizer = make_optimizer(params, settings)
+    model.train()
+    losses, tokens = [], 0
+    for step, batch in enumerate(batches):
+        loss = model(input_ids=batch.input_ids, labels=batch.labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        tokens += batch.num_tokens
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    return LocalResult(steps=len(losses), tokens=tokens, mean_loss=float(np.mean(losses)), last_loss=losses[-1])
+
+
+def run_task(
+    adapter: Adapter,
+    task: Task,
+    *,
+    global_vector: np.ndarray,
+    private_vector: np.ndarray,
+    train_blocks: Blocks,
+    settings: ClientSettings,
+    seed: int,
+    out: np.ndarray,
+    on_step: StepCallback | None = None,
+) -> Update:
+    """Train one client on `task` and return its update.
+
+    `out` is a preallocated buffer that receives the delta (new shared - global): the
+    returned Update's vector *is* `out`, so the caller folds it in before the next client.
+    `private_vector` is updated in place with the client's new private parameters.
+    """
+    adapter.write_shared(global_vector)
+    adapter.write_private(private_vector)
+    order = batch_order(
+        len(train_blocks), steps=settings.local_steps, batch_size=settings.batch_size,
+        rng=make_rng(seed, "batches", task.round, task.client_id),
+    )
+    torch.manual_seed(derive_seed(seed, "dropout", task.round, task.client_id))  # LoRA dropout has no generator argument
+    result = train_local(adapter.model, adapter.trainable, iter_batches(train_blocks, order), settings, on_step)
+    adapter.read_shared(out)
+    np.subtract(out, global_vector, out=out)
+    adapter.read_private(private_vector)
+    metrics = {"train_loss": result.mean_loss, "last_loss": result.last_loss, "steps": result.steps, "tokens": result.tokens}
+    return Update(task.round, task.version, task.client_id, len(train_blocks), out, metrics)

@@ -1,0 +1,225 @@
+"""The whole run as validated settings: TOML in, CLI overrides on top, one place for defaults.
+
+Each table of the TOML file is one frozen dataclass below; an unknown table or key, a
+value of the wrong type or out of range is refused with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type, or out of range."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    seed: int = 0  # derives every random draw: sampling, splits, batches, LoRA init
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, "run.seed", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = "smollm2"  # "smollm2" (default GGUF), "tiny", a .gguf file or a local HF model dir
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name), "model.name", "must not be empty")
+        _require(self.threads >= 0, "model.threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    private: tuple[str, ...] = ()  # fnmatch patterns of adapter parameters that never leave a client
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 1, "lora.r", "must be >= 1")
+        _require(self.alpha > 0, "lora.alpha", "must be > 0")
+        _require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        _require(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    source: str = "shakespeare"  # "shakespeare" or "folder"
+    path: str = ""  # the folder, for source = "folder"
+    min_lines: int = 20  # shakespeare: a (play, role) needs this many verse lines to be a client
+    test_fraction: float = 0.2  # share of each client's samples held out for evaluation
+    seq_len: int = 128  # tokens per training/evaluation sequence (texts are packed)
+
+    def __post_init__(self) -> None:
+        _require(self.source in ("shakespeare", "folder"), "data.source", "must be 'shakespeare' or 'folder'")
+        _require(self.source != "folder" or bool(self.path), "data.path", "is required when data.source = 'folder'")
+        _require(self.min_lines >= 1, "data.min_lines", "must be >= 1")
+        _require(0 < self.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
+        _require(8 <= self.seq_len <= 4096, "data.seq_len", "must be in [8, 4096]")
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    rounds: int = 5
+    clients_per_round: int = 4  # cohort size for sampling = "fixed"
+    sampling: str = "fixed"  # "fixed" (uniform without replacement) or "poisson" (each client with rate q)
+    sample_rate: float = 0.0  # q for sampling = "poisson"
+
+    def __post_init__(self) -> None:
+        _require(self.rounds >= 1, "federation.rounds", "must be >= 1")
+        _require(self.clients_per_round >= 1, "federation.clients_per_round", "must be >= 1")
+        _require(self.sampling in ("fixed", "poisson"), "federation.sampling", "must be 'fixed' or 'poisson'")
+        if self.sampling == "poisson":
+            _require(0 < self.sample_rate <= 1, "federation.sample_rate", "must be in (0, 1] with poisson sampling")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    local_steps: int = 8  # optimizer steps per round (batches cycle through the client's data)
+    batch_size: int = 4
+    lr: float = 2e-3
+    optimizer: str = "adamw"  # "adamw" or "sgd"
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+
+    def __post_init__(self) -> None:
+        _require(self.local_steps >= 1, "client.local_steps", "must be >= 1")
+        _require(self.batch_size >= 1, "client.batch_size", "must be >= 1")
+        _require(self.lr > 0, "client.lr", "must be > 0")
+        _require(self.optimizer in ("adamw", "sgd"), "client.optimizer", "must be 'adamw' or 'sgd'")
+        _require(self.weight_decay >= 0, "client.weight_decay", "must be >= 0")
+        _require(0 <= self.momentum < 1, "client.momentum", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    server_lr: float = 1.0  # global += server_lr * weighted mean of client deltas (1.0 = FedAvg)
+    weighting: str = "samples"  # "samples" (by training sequences) or "uniform"
+
+    def __post_init__(self) -> None:
+        _require(self.server_lr > 0, "strategy.server_lr", "must be > 0")
+        _require(self.weighting in ("samples", "uniform"), "strategy.weighting", "must be 'samples' or 'uniform'")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    clients: int = 8  # evaluation clients, a fixed seeded sample
+    held_out_clients: bool = True  # evaluation clients never train (held-out speakers)
+    max_sequences: int = 32  # cap on evaluation sequences (all clients together)
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.clients >= 1, "eval.clients", "must be >= 1")
+        _require(self.max_sequences >= 1, "eval.max_sequences", "must be >= 1")
+        _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run: RunSettings = field(default_factory=RunSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+    strategy: StrategySettings = field(default_factory=StrategySettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Check one TOML value against the field's annotated type (ints widen to floats)."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        _require(isinstance(value, list | tuple), key, f"must be a list, got {value!r}")
+        item = typing.get_args(kind)[0]
+        return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    if kind is bool:
+        _require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+    elif kind is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+    elif kind is float:
+        _require(isinstance(value, int | float) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        return float(value)
+    elif kind is str:
+        _require(isinstance(value, str), key, f"must be a string, got {value!r}")
+    return value
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    _require(isinstance(values, dict), name, "must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    _require(not unknown, f"{name}.{unknown[0]}" if unknown else name, f"unknown setting; known: {', '.join(sorted(known))}")
+    return cls(**{k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    sections = {f.name: f for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(data) - set(sections))
+    _require(not unknown, unknown[0] if unknown else "", f"unknown table; known: {', '.join(sections)}")
+    hints = typing.get_type_hints(RunConfig)
+    return RunConfig(**{k: _build_section(k, hints[k], v) for k, v in data.items()})
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return {
+        section.name: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(config, section.name)).items()}
+        for section in dataclasses.fields(config)
+    }
+
+
+def load_config(path: Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    return config_from_dict(data)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value`, the value read as TOML (bare words are taken as strings)."""
+    key, sep, raw = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, name, value
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+    data = config_to_dict(config)
+    for section, values in overrides.items():
+        _require(section in data, section, f"unknown table; known: {', '.join(data)}")
+        data[section].update(values)
+    return config_from_dict(data)
+
+
+def dump_config(config: RunConfig) -> str:
+    return tomli_w.dumps(config_to_dict(config))
+
+

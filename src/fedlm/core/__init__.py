@@ -1,0 +1,1 @@
+"""Core types shared by every layer: flat vectors, seeds, tasks and updates."""

@@ -1,0 +1,37 @@
+"""The messages of one round: what the coordinator asks of a client and what comes back.
+
+Every task and update names the global version it started from, so that asynchronous
+aggregation can later weigh stale updates instead of guessing their age.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Task:
+    """Train on your data, starting from global `version`, during round `round`."""
+
+    round: int
+    version: int
+    client_id: str
+
+
+@dataclass(frozen=True)
+class Update:
+    """A client's answer to a task: the delta of its shared parameters and how many samples made it.
+
+    `vector` holds update contents; it never reaches a log or the store in the clear.
+    `metrics` holds numbers only (losses, counts), never text.
+    """
+
+    round: int
+    version: int
+    client_id: str
+    num_samples: int
+    vector: np.ndarray = field(repr=False)
+    metrics: Mapping[str, float] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Evaluation of global models: loss, perplexity and next-token accuracy."""

@@ -1,0 +1,1 @@
+"""Base language models and the LoRA adapters trained on top of them."""

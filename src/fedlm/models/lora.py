@@ -1,0 +1,104 @@
+"""LoRA adapters through PEFT, split into shared parameters (the update) and private ones.
+
+LoRA: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.
+A thin layer over PEFT: it attaches the adapter, lists the trainable parameters in a
+fixed order, and splits them by the `private` name patterns. Shared parameters travel as
+one flat float32 vector (see core.vectors); private ones stay with their client.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from fedlm.config import LoraSettings
+from fedlm.core.rng import derive_seed
+from fedlm.core.vectors import Spec, read_into, spec_of, write_from
+from fedlm.models.base import BaseModel
+
+
+@dataclass
+class Adapter:
+    """One PEFT model whose trainable tensors are addressed as two flat vectors."""
+
+    model: PeftModel
+    shared_spec: Spec
+    shared_params: list[torch.Tensor]
+    private_spec: Spec
+    private_params: list[torch.Tensor]
+    initial_shared: np.ndarray  # the adapter as initialised: global version 0
+    initial_private: np.ndarray  # what a client's private parameters start from
+
+    def read_shared(self, out: np.ndarray) -> np.ndarray:
+        return read_into(self.shared_spec, self.shared_params, out)
+
+    def write_shared(self, vector: np.ndarray) -> None:
+        write_from(self.shared_spec, self.shared_params, vector)
+
+    def read_private(self, out: np.ndarray) -> np.ndarray:
+        return read_into(self.private_spec, self.private_params, out)
+
+    def write_private(self, vector: np.ndarray) -> None:
+        write_from(self.private_spec, self.private_params, vector)
+
+    @property
+    def trainable(self) -> list[torch.Tensor]:
+        return self.shared_params + self.private_params
+
+
+def is_private(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapter:
+    """Wrap the base model with a LoRA adapter initialised from `seed` (same seed, same adapter)."""
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(seed, "lora-init"))
+        try:
+            model = get_peft_model(base.model, config)
+        except ValueError as err:
+            raise ValueError(f"lora.target_modules {list(settings.target_modules)} do not fit this model: {err}") from None
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    shared = {n: p for n, p in named.items() if not is_private(n, settings.private)}
+    private = {n: p for n, p in named.items() if is_private(n, settings.private)}
+    if not shared:
+        raise ValueError(f"lora.private {list(settings.private)} matches every adapter parameter; nothing would be shared")
+    adapter = Adapter(
+        model=model,
+        shared_spec=spec_of(shared),
+        shared_params=list(shared.values()),
+        private_spec=spec_of(private),
+        private_params=list(private.values()),
+        initial_shared=np.empty(0, np.float32),
+        initial_private=np.empty(0, np.float32),
+    )
+    adapter.initial_shared = adapter.read_shared(np.empty(adapter.shared_spec.size, np.float32))
+    adapter.initial_private = adapter.read_private(np.empty(adapter.private_spec.size, np.float32))
+    return adapter
+
+
+def export_adapter(adapter: Adapter, global_vector: np.ndarray, directory: Path) -> Path:
+    """Save the global adapter in PEFT format (adapter_config.json + adapter_model.safetensors).
+
+    Private parameters are exported at their initial values: they belong to clients.
+    The adapter is left holding the global vector.
+    """
+    adapter.write_shared(global_vector)
+    adapter.write_private(adapter.initial_private)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    adapter.model.save_pretrained(directory, safe_serialization=True)
+    return directory

@@ -1,0 +1,1 @@
+"""The coordinator side: cohort selection and the pure round engine."""

@@ -1,0 +1,134 @@
+"""The round engine: open a round, accept updates, close it into a new global version.
+
+Pure: no I/O, no clock, no randomness of its own (the caller passes the cohort). The
+in-process simulation drives it now and the network service will drive the same
+functions. State is explicit: a frozen `ServerState` between rounds, and an `OpenRound`
+whose accumulator is folded in place as updates arrive. Every check on an update runs
+before anything changes, so a rejected update leaves the round byte-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedlm.aggregation.mean import client_weight, fold, weighted_mean
+from fedlm.aggregation.server_opt import server_sgd
+from fedlm.core.types import Task, Update
+
+
+class UpdateRejected(ValueError):
+    """An update that does not belong to the open round, or is malformed."""
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """The coordinator between rounds: the global shared vector and its version."""
+
+    version: int
+    global_vector: np.ndarray = field(repr=False)
+    rounds_done: int = 0
+
+
+@dataclass
+class OpenRound:
+    """One round in progress. `total` is the weighted sum of accepted updates."""
+
+    round: int
+    version: int
+    cohort: tuple[str, ...]
+    weighting: str
+    total: np.ndarray = field(repr=False)
+    scratch: np.ndarray = field(repr=False)
+    weights: dict[str, float] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    round: int
+    version: int  # the global version after the round
+    accepted: tuple[str, ...]
+    failed: tuple[str, ...]
+    committed: bool  # False when no update arrived: the global is unchanged
+
+
+def initial_state(global_vector: np.ndarray) -> ServerState:
+    if global_vector.dtype != np.float32 or global_vector.ndim != 1:
+        raise ValueError("the global vector must be 1-D float32")
+    return ServerState(version=0, global_vector=global_vector.copy())
+
+
+def open_round(state: ServerState, cohort: tuple[str, ...], *, weighting: str = "samples") -> OpenRound:
+    if len(set(cohort)) != len(cohort):
+        raise ValueError("cohort has duplicate clients")
+    client_weight(1, weighting)  # validates the name before anything is allocated
+    size = state.global_vector.shape[0]
+    return OpenRound(
+        round=state.rounds_done + 1,
+        version=state.version,
+        cohort=tuple(cohort),
+        weighting=weighting,
+        total=np.zeros(size, np.float32),
+        scratch=np.empty(size, np.float32),
+    )
+
+
+def make_tasks(rnd: OpenRound) -> list[Task]:
+    return [Task(round=rnd.round, version=rnd.version, client_id=c) for c in rnd.cohort]
+
+
+def check_update(rnd: OpenRound, update: Update) -> None:
+    """Raise UpdateRejected, saying why, unless `update` may be folded into `rnd`."""
+    who = update.client_id
+    if update.round != rnd.round:
+        raise UpdateRejected(f"update from {who} is for round {update.round}, the open round is {rnd.round}")
+    if update.version != rnd.version:
+        raise UpdateRejected(f"update from {who} started from version {update.version}, the round serves {rnd.version}")
+    if who not in rnd.cohort:
+        raise UpdateRejected(f"client {who} is not in round {rnd.round}'s cohort")
+    if who in rnd.weights or who in rnd.failed:
+        raise UpdateRejected(f"client {who} already answered round {rnd.round}")
+    vector = update.vector
+    if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != rnd.total.shape:
+        raise UpdateRejected(f"update from {who} must be float32 of shape {rnd.total.shape}")
+    if update.num_samples < 1:
+        raise UpdateRejected(f"update from {who} reports {update.num_samples} samples")
+    if not np.isfinite(vector).all():
+        raise UpdateRejected(f"update from {who} has non-finite values")
+
+
+def accept_update(rnd: OpenRound, update: Update) -> None:
+    """Fold a checked update into the round's accumulator."""
+    check_update(rnd, update)
+    weight = client_weight(update.num_samples, rnd.weighting)
+    fold(rnd.total, update.vector, weight, rnd.scratch)
+    rnd.weights[update.client_id] = weight
+    rnd.metrics[update.client_id] = dict(update.metrics)
+
+
+def mark_failed(rnd: OpenRound, client_id: str) -> None:
+    if client_id not in rnd.cohort or client_id in rnd.weights:
+        raise ValueError(f"client {client_id} cannot fail in round {rnd.round}")
+    rnd.failed.add(client_id)
+
+
+def is_complete(rnd: OpenRound) -> bool:
+    return len(rnd.weights) + len(rnd.failed) == len(rnd.cohort)
+
+
+def close_round(state: ServerState, rnd: OpenRound, *, server_lr: float) -> tuple[ServerState, RoundOutcome]:
+    """Aggregate what arrived into the next global version (unchanged if nothing arrived)."""
+    if rnd.round != state.rounds_done + 1 or rnd.version != state.version:
+        raise ValueError(f"round {rnd.round} does not follow the server state (round {state.rounds_done}, v{state.version})")
+    accepted = tuple(sorted(rnd.weights))
+    failed = tuple(sorted(rnd.failed))
+    if not accepted:
+        new_state = ServerState(state.version, state.global_vector, rnd.round)
+        return new_state, RoundOutcome(rnd.round, state.version, accepted, failed, committed=False)
+    mean_delta = weighted_mean(rnd.total, sum(rnd.weights.values()))
+    new_global = server_sgd(state.global_vector, mean_delta, server_lr=server_lr)
+    new_state = ServerState(state.version + 1, new_global, rnd.round)
+    return new_state, RoundOutcome(rnd.round, new_state.version, accepted, failed, committed=True)

@@ -1,0 +1,59 @@
+"""The run directory: config snapshot, metrics.jsonl (a line a round), summary.json, adapter/.
+
+Lines hold numbers and counts only: never client text, never update contents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fedlm.config import RunConfig, dump_config
+
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+ADAPTER_DIR = "adapter"
+
+
+def check_run_dir(path: Path, *, overwrite: bool = False) -> Path:
+    """Refuse a path that is a file, or a directory holding a run unless `overwrite`; creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} exists and is not a directory")
+    if (path / METRICS_FILE).exists() and not overwrite:
+        raise ValueError(f"{path} already holds a run; choose another --out or pass --overwrite")
+    return path
+
+
+def make_run_dir(path: Path, *, overwrite: bool = False) -> Path:
+    """Create the run directory (after `check_run_dir`), clearing an old run's metrics and summary."""
+    path = check_run_dir(path, overwrite=overwrite)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in (METRICS_FILE, SUMMARY_FILE):
+        (path / name).unlink(missing_ok=True)
+    return path
+
+
+def write_config(path: Path, config: RunConfig) -> None:
+    (path / CONFIG_FILE).write_text(dump_config(config))
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with (path / METRICS_FILE).open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    lines = (Path(path) / METRICS_FILE).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    tmp = path / (SUMMARY_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path / SUMMARY_FILE)

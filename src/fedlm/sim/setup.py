@@ -1,0 +1,78 @@
+"""Everything a simulation needs, loaded once: base model, adapter, federated data, eval set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fedlm.config import RunConfig
+from fedlm.core.rng import make_rng
+from fedlm.data.blocks import Blocks, concat_blocks, pack_texts
+from fedlm.data.folders import load_folder
+from fedlm.data.shakespeare import load_shakespeare
+from fedlm.data.types import FederatedDataset
+from fedlm.models.base import BaseModel, load_base_model
+from fedlm.models.lora import Adapter, attach_lora
+
+
+@dataclass
+class Simulation:
+    config: RunConfig
+    base: BaseModel
+    adapter: Adapter
+    dataset: FederatedDataset
+    population: tuple[str, ...]  # clients that may be sampled to train
+    eval_clients: tuple[str, ...]
+    eval_blocks: Blocks
+    train_cache: dict[str, Blocks] = field(default_factory=dict)
+
+    def train_blocks(self, client_id: str) -> Blocks:
+        """A client's training text, tokenized and packed on first use."""
+        if client_id not in self.train_cache:
+            texts = self.dataset.get(client_id).train
+            self.train_cache[client_id] = pack_texts(self.base.tokenizer, texts, self.config.data.seq_len)
+        return self.train_cache[client_id]
+
+
+def load_dataset(config: RunConfig) -> FederatedDataset:
+    data, seed = config.data, config.run.seed
+    if data.source == "folder":
+        return load_folder(Path(data.path), test_fraction=data.test_fraction, seed=seed)
+    return load_shakespeare(min_lines=data.min_lines, test_fraction=data.test_fraction, seed=seed)
+
+
+def split_population(dataset: FederatedDataset, config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training population, evaluation clients): a seeded choice of clients that have test text."""
+    ids = dataset.client_ids()
+    with_test = [c for c in ids if dataset.get(c).test]
+    needed = config.eval.clients + (1 if config.eval.held_out_clients else 0)
+    if len(with_test) < config.eval.clients or len(ids) < needed:
+        raise ValueError(
+            f"data set {dataset.name!r} has {len(ids)} clients ({len(with_test)} with test text): "
+            f"too few for eval.clients = {config.eval.clients}"
+            + (" plus at least one training client" if config.eval.held_out_clients else "")
+        )
+    rng = make_rng(config.run.seed, "eval-clients")
+    chosen = tuple(sorted(with_test[i] for i in rng.choice(len(with_test), config.eval.clients, replace=False)))
+    population = tuple(c for c in ids if c not in chosen) if config.eval.held_out_clients else ids
+    return population, chosen
+
+
+def build_eval_blocks(base: BaseModel, dataset: FederatedDataset, clients: tuple[str, ...], config: RunConfig) -> Blocks:
+    seq_len = config.data.seq_len
+    parts = [pack_texts(base.tokenizer, dataset.get(c).test, seq_len) for c in clients]
+    return concat_blocks(parts, seq_len).head(config.eval.max_sequences)
+
+
+def prepare(config: RunConfig) -> Simulation:
+    """Load the model and data named by `config` and attach a fresh adapter (global version 0)."""
+    if config.model.threads:
+        torch.set_num_threads(config.model.threads)
+    dataset = load_dataset(config)
+    population, eval_clients = split_population(dataset, config)
+    base = load_base_model(config.model.name)
+    adapter = attach_lora(base, config.lora, seed=config.run.seed)
+    eval_blocks = build_eval_blocks(base, dataset, eval_clients, config)
+    return Simulation(config, base, adapter, dataset, population, eval_clients, eval_blocks)

@@ -1,0 +1,74 @@
+"""The command line as a user meets it: help, config checks, a tiny run, clear errors."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+from typer.testing import CliRunner
+
+from fedlm.cli.main import app
+from fedlm.config import RunConfig, config_from_dict
+
+runner = CliRunner()
+TINY = ["--model", "tiny", "--rounds", "2", "--clients-per-round", "3", "--local-steps", "2",
+        "--seq-len", "64", "--set", "eval.clients=2", "--set", "eval.max_sequences=4", "--quiet"]
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("simulate", "config", "models"):
+        assert command in result.output
+
+
+def test_config_defaults_is_valid_toml_of_the_defaults():
+    result = runner.invoke(app, ["config", "defaults"])
+    assert result.exit_code == 0
+    assert config_from_dict(tomllib.loads(result.output)) == RunConfig()
+
+
+def test_config_check_names_the_bad_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[client]\nlr = -1\n")
+    result = runner.invoke(app, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert "client.lr" in result.output
+
+
+def test_simulate_tiny_three_clients_two_rounds(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["simulate", *TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_done"] == 2 and summary["status"] == "completed"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert "perplexity" in result.output
+
+
+def test_simulate_reads_a_config_file_and_flags_win(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('[federation]\nrounds = 5\n[model]\nname = "tiny"\n')
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["simulate", "--config", str(config), *TINY, "--rounds", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    snapshot = tomllib.loads((out / "config.toml").read_text())
+    assert snapshot["federation"]["rounds"] == 1 and snapshot["model"]["name"] == "tiny"
+
+
+def test_bad_override_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["simulate", *TINY, "--set", "federation.rounds=0", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "federation.rounds" in result.output
+    assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten_without_flag(tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["simulate", *TINY, "--rounds", "1", "--out", str(out)]).exit_code == 0
+    before = (out / "metrics.jsonl").read_bytes()
+    result = runner.invoke(app, ["simulate", *TINY, "--rounds", "1", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output
+    assert (out / "metrics.jsonl").read_bytes() == before
