@@ -77,7 +77,7 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class FederationSettings:
-    rounds: int = 5
+    rounds: int = 4
     clients_per_round: int = 4  # cohort size for sampling = "fixed"
     sampling: str = "fixed"  # "fixed" (uniform without replacement) or "poisson" (each client with rate q)
     sample_rate: float = 0.0  # q for sampling = "poisson"
@@ -92,7 +92,7 @@ class FederationSettings:
 
 @dataclass(frozen=True)
 class ClientSettings:
-    local_steps: int = 8  # optimizer steps per round (batches cycle through the client's data)
+    local_steps: int = 6  # optimizer steps per round (batches cycle through the client's data)
     batch_size: int = 4
     lr: float = 2e-3
     optimizer: str = "adamw"  # "adamw" or "sgd"
@@ -120,9 +120,9 @@ class StrategySettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    clients: int = 8  # evaluation clients, a fixed seeded sample
+    clients: int = 16  # evaluation clients, a fixed seeded sample
     held_out_clients: bool = True  # evaluation clients never train (held-out speakers)
-    max_sequences: int = 32  # cap on evaluation sequences (all clients together)
+    max_sequences: int = 48  # cap on evaluation sequences (all clients together)
     batch_size: int = 8
 
     def __post_init__(self) -> None:
@@ -202,7 +202,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     """`section.key=value`, the value read as TOML (bare words are taken as strings)."""
     key, sep, raw = text.partition("=")
     section, dot, name = key.strip().partition(".")
-    if not sep or not dot or not name:
+    if not sep or not section or not dot or not name:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]

@@ -58,9 +58,9 @@ def test_simulate_reads_a_config_file_and_flags_win(tmp_path):
 
 def test_bad_override_fails_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["simulate", *TINY, "--set", "federation.rounds=0", "--out", str(out)])
+    result = runner.invoke(app, ["simulate", *TINY, "--set", "federation.sampling=sometimes", "--out", str(out)])
     assert result.exit_code == 2
-    assert "federation.rounds" in result.output
+    assert "federation.sampling" in result.output
     assert not out.exists()
 
 

@@ -7,22 +7,33 @@ set from the same derivation before each client's turn.
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 
 import numpy as np
 import torch
 
 
-def _key(part: int | str) -> int:
+def _words(part: int | str) -> list[int]:
+    """A part as a type tag and fixed-width 32-bit words, so that distinct names never collide.
+
+    Strings go through SHA-256 (a 32-bit hash such as CRC32 collides for real client ids);
+    integers take two words, so 2**32 and (0, 1) differ, and the count of parts is encoded.
+    """
     if isinstance(part, str):
-        return zlib.crc32(part.encode())
-    if part < 0:
-        raise ValueError(f"seed parts must be non-negative, got {part}")
-    return int(part)
+        digest = hashlib.sha256(part.encode()).digest()
+        return [1, *np.frombuffer(digest, dtype=np.uint32).tolist()]
+    if isinstance(part, bool) or not isinstance(part, int | np.integer):
+        raise TypeError(f"seed parts are ints or strings, got {type(part).__name__}")
+    if not 0 <= part < 2**64:
+        raise ValueError(f"seed parts must be non-negative and below 2**64, got {part}")
+    return [0, int(part) & 0xFFFFFFFF, int(part) >> 32]
 
 
 def seed_sequence(seed: int, *parts: int | str) -> np.random.SeedSequence:
-    return np.random.SeedSequence([_key(seed), *(_key(p) for p in parts)])
+    entropy = [len(parts), *_words(seed)]
+    for part in parts:
+        entropy.extend(_words(part))
+    return np.random.SeedSequence(entropy)
 
 
 def make_rng(seed: int, *parts: int | str) -> np.random.Generator:

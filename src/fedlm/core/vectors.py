@@ -121,15 +121,29 @@ def unflatten(spec: Spec, vector: np.ndarray) -> dict[str, np.ndarray]:
 def read_into(spec: Spec, params: Sequence[torch.Tensor], out: np.ndarray) -> np.ndarray:
     """Copy the live parameters (in spec order) into the preallocated vector `out`."""
     check_vector(spec, out)
+    check_params(spec, params)
     target = torch.from_numpy(out)
     for e, p in zip(spec.entries, params, strict=True):
         target[e.offset : e.stop].copy_(p.detach().reshape(-1))
     return out
 
 
+def check_params(spec: Spec, params: Sequence[torch.Tensor]) -> None:
+    """Raise ValueError unless `params` match the spec's entries one to one, shape for shape."""
+    if len(params) != len(spec.entries):
+        raise ValueError(f"{len(params)} parameters for a spec of {len(spec.entries)} tensors")
+    for e, p in zip(spec.entries, params, strict=True):
+        if tuple(p.shape) != e.shape:
+            raise ValueError(f"parameter {e.name!r} has shape {tuple(p.shape)}, spec says {e.shape}")
+
+
 def write_from(spec: Spec, params: Sequence[torch.Tensor], vector: np.ndarray) -> None:
-    """Overwrite the live parameters (in spec order) with the values in `vector`, in place."""
+    """Overwrite the live parameters (in spec order) with the values in `vector`, in place.
+
+    Everything is checked before the first parameter changes.
+    """
     check_vector(spec, vector)
+    check_params(spec, params)
     source = torch.from_numpy(vector)
     with torch.no_grad():
         for e, p in zip(spec.entries, params, strict=True):

@@ -18,6 +18,11 @@ from fedlm.aggregation.server_opt import server_sgd
 from fedlm.core.types import Task, Update
 
 
+# A weighted update may not exceed this magnitude in any coordinate: float32 tops out at
+# 3.4e38, so this leaves room to sum a hundred million such updates without overflow.
+MAX_WEIGHTED_MAGNITUDE = 1e30
+
+
 class UpdateRejected(ValueError):
     """An update that does not belong to the open round, or is malformed."""
 
@@ -98,6 +103,10 @@ def check_update(rnd: OpenRound, update: Update) -> None:
         raise UpdateRejected(f"update from {who} reports {update.num_samples} samples")
     if not np.isfinite(vector).all():
         raise UpdateRejected(f"update from {who} has non-finite values")
+    weight = client_weight(update.num_samples, rnd.weighting)
+    peak = max(abs(float(vector.max())), abs(float(vector.min()))) if vector.size else 0.0
+    if weight * peak > MAX_WEIGHTED_MAGNITUDE:
+        raise UpdateRejected(f"update from {who} is too large: weight {weight:.3g} x max |value| {peak:.3g}")
 
 
 def accept_update(rnd: OpenRound, update: Update) -> None:

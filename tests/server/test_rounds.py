@@ -1,0 +1,403 @@
+"""Tests of the round engine with FedAvg (aggregation/mean.py) and server SGD (aggregation/server_opt.py)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+
+from fedlm.aggregation.mean import client_weight, fold, weighted_mean
+from fedlm.aggregation.server_opt import server_sgd
+from fedlm.core.types import Task, Update
+from fedlm.server.rounds import (
+    OpenRound,
+    ServerState,
+    UpdateRejected,
+    accept_update,
+    check_update,
+    close_round,
+    initial_state,
+    is_complete,
+    make_tasks,
+    mark_failed,
+    open_round,
+)
+
+GLOBAL = np.array([1, 1, 1], np.float32)
+DELTA_A = np.array([1, 2, 3], np.float32)  # from client "a", 1 sample
+DELTA_B = np.array([3, 6, 9], np.float32)  # from client "b", 3 samples
+
+
+def _f32(*values: float) -> np.ndarray:
+    return np.array(values, np.float32)
+
+
+def _update(rnd: OpenRound, client: str, vector: np.ndarray, num_samples: int = 1, **changes) -> Update:
+    update = Update(round=rnd.round, version=rnd.version, client_id=client, num_samples=num_samples, vector=vector)
+    return dataclasses.replace(update, **changes)
+
+
+def _snapshot(rnd: OpenRound) -> tuple:
+    """Everything an update could change, as plain values."""
+    return (
+        rnd.round,
+        rnd.version,
+        rnd.cohort,
+        rnd.weighting,
+        rnd.total.tobytes(),
+        rnd.scratch.tobytes(),
+        dict(rnd.weights),
+        set(rnd.failed),
+        copy.deepcopy(rnd.metrics),
+    )
+
+
+def _run_round(state: ServerState, *, weighting: str, server_lr: float) -> tuple:
+    rnd = open_round(state, ("a", "b"), weighting=weighting)
+    accept_update(rnd, _update(rnd, "a", DELTA_A.copy(), num_samples=1))
+    accept_update(rnd, _update(rnd, "b", DELTA_B.copy(), num_samples=3))
+    return close_round(state, rnd, server_lr=server_lr)
+
+
+# --- the arithmetic ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("weighting", "server_lr", "expected"),
+    [
+        # samples: (1*[1,2,3] + 3*[3,6,9]) / 4 = [2.5, 5, 7.5]
+        ("samples", 1.0, [3.5, 6.0, 8.5]),
+        ("samples", 0.5, [2.25, 3.5, 4.75]),
+        # uniform: ([1,2,3] + [3,6,9]) / 2 = [2, 4, 6]
+        ("uniform", 1.0, [3.0, 5.0, 7.0]),
+        ("uniform", 0.5, [2.0, 3.0, 4.0]),
+    ],
+)
+def test_fedavg_round_gives_the_hand_computed_global(weighting: str, server_lr: float, expected: list[float]):
+    # Prepare
+    state = initial_state(GLOBAL)
+    # Execute
+    new_state, outcome = _run_round(state, weighting=weighting, server_lr=server_lr)
+    # Assert
+    assert new_state.global_vector.tolist() == expected
+    assert new_state.global_vector.dtype == np.float32
+    assert outcome.committed and outcome.accepted == ("a", "b") and outcome.failed == ()
+
+
+def test_the_accumulator_holds_the_weighted_sum():
+    # Prepare
+    rnd = open_round(initial_state(GLOBAL), ("a", "b"))
+    # Execute
+    accept_update(rnd, _update(rnd, "a", DELTA_A, num_samples=1))
+    accept_update(rnd, _update(rnd, "b", DELTA_B, num_samples=3))
+    # Assert
+    assert rnd.total.tolist() == [10.0, 20.0, 30.0]
+    assert rnd.weights == {"a": 1.0, "b": 3.0}
+
+
+def test_the_order_of_arrival_does_not_change_the_result():
+    # Prepare
+    state = initial_state(GLOBAL)
+    forward, backward = open_round(state, ("a", "b")), open_round(state, ("a", "b"))
+    # Execute
+    accept_update(forward, _update(forward, "a", DELTA_A, 1))
+    accept_update(forward, _update(forward, "b", DELTA_B, 3))
+    accept_update(backward, _update(backward, "b", DELTA_B, 3))
+    accept_update(backward, _update(backward, "a", DELTA_A, 1))
+    # Assert
+    assert close_round(state, forward, server_lr=1.0)[0].global_vector.tobytes() == (
+        close_round(state, backward, server_lr=1.0)[0].global_vector.tobytes()
+    )
+
+
+def test_version_and_round_count_advance_with_each_committed_round():
+    # Prepare
+    state = initial_state(GLOBAL)
+    # Execute
+    first, outcome1 = _run_round(state, weighting="samples", server_lr=1.0)
+    second, outcome2 = _run_round(first, weighting="samples", server_lr=1.0)
+    # Assert
+    assert (state.version, first.version, second.version) == (0, 1, 2)
+    assert (state.rounds_done, first.rounds_done, second.rounds_done) == (0, 1, 2)
+    assert (outcome1.round, outcome1.version, outcome2.round, outcome2.version) == (1, 1, 2, 2)
+    assert second.global_vector.tolist() == [6.0, 11.0, 16.0]  # [3.5, 6, 8.5] + [2.5, 5, 7.5]
+
+
+def test_closing_a_round_leaves_the_old_state_and_the_updates_unchanged():
+    # Prepare
+    state = initial_state(GLOBAL)
+    rnd = open_round(state, ("a", "b"))
+    a, b = DELTA_A.copy(), DELTA_B.copy()
+    # Execute
+    accept_update(rnd, _update(rnd, "a", a, 1))
+    accept_update(rnd, _update(rnd, "b", b, 3))
+    new_state, _ = close_round(state, rnd, server_lr=1.0)
+    # Assert
+    assert state.global_vector.tolist() == [1.0, 1.0, 1.0]
+    assert state.version == 0 and state.rounds_done == 0
+    assert not np.shares_memory(new_state.global_vector, state.global_vector)
+    assert a.tobytes() == DELTA_A.tobytes() and b.tobytes() == DELTA_B.tobytes()
+
+
+def test_accept_update_neither_modifies_nor_keeps_the_update_vector():
+    # Prepare
+    rnd = open_round(initial_state(GLOBAL), ("a",))
+    vector = DELTA_A.copy()
+    # Execute
+    accept_update(rnd, _update(rnd, "a", vector, num_samples=3))
+    vector[:] = 100.0  # the client reuses its buffer
+    # Assert
+    assert rnd.total.tolist() == [3.0, 6.0, 9.0]
+    assert not np.shares_memory(rnd.total, vector)
+
+
+def test_initial_state_copies_the_vector_and_rejects_a_bad_one():
+    # Prepare
+    vector = GLOBAL.copy()
+    # Execute
+    state = initial_state(vector)
+    vector[0] = 9.0
+    # Assert
+    assert state.global_vector.tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="float32"):
+        initial_state(GLOBAL.astype(np.float64))
+    with pytest.raises(ValueError, match="1-D"):
+        initial_state(GLOBAL.reshape(1, 3))
+
+
+def test_accepted_metrics_are_kept_per_client():
+    # Prepare
+    rnd = open_round(initial_state(GLOBAL), ("a",))
+    metrics = {"loss": 2.5}
+    # Execute
+    accept_update(rnd, _update(rnd, "a", DELTA_A, metrics=metrics))
+    metrics["loss"] = 0.0
+    # Assert
+    assert rnd.metrics == {"a": {"loss": 2.5}}
+
+
+# --- opening a round --------------------------------------------------------------------
+
+
+def test_open_round_serves_the_current_version_to_the_cohort():
+    # Prepare
+    state = ServerState(version=4, global_vector=GLOBAL.copy(), rounds_done=6)
+    # Execute
+    rnd = open_round(state, ("b", "a"))
+    tasks = make_tasks(rnd)
+    # Assert
+    assert (rnd.round, rnd.version, rnd.cohort) == (7, 4, ("b", "a"))
+    assert not rnd.total.any() and rnd.total.dtype == np.float32
+    assert tasks == [Task(round=7, version=4, client_id="b"), Task(round=7, version=4, client_id="a")]
+
+
+def test_open_round_rejects_a_duplicate_cohort_and_an_unknown_weighting():
+    state = initial_state(GLOBAL)
+    with pytest.raises(ValueError, match="duplicate"):
+        open_round(state, ("a", "b", "a"))
+    with pytest.raises(ValueError, match="weighting"):
+        open_round(state, ("a",), weighting="by_loss")
+
+
+# --- rejected updates leave the round byte-identical -------------------------------------
+
+
+ROUND, VERSION, COHORT, ANSWERED = "is for round", "started from version", "not in round", "already answered"
+LAYOUT, FINITE, SAMPLES = "must be float32 of shape", "non-finite", "reports"
+
+# case -> (build the bad update from the round and the update already accepted, expected message)
+REJECTIONS = {
+    "wrong-round": (lambda r, accepted: _update(r, "b", DELTA_B, round=r.round + 1), ROUND),
+    "previous-round": (lambda r, accepted: _update(r, "b", DELTA_B, round=r.round - 1), ROUND),
+    "wrong-version": (lambda r, accepted: _update(r, "b", DELTA_B, version=r.version + 1), VERSION),
+    "older-version": (lambda r, accepted: _update(r, "b", DELTA_B, version=r.version - 1), VERSION),
+    "not-in-cohort": (lambda r, accepted: _update(r, "z", DELTA_B), COHORT),
+    "duplicate": (lambda r, accepted: _update(r, "a", DELTA_A), ANSWERED),
+    "replay": (lambda r, accepted: accepted, ANSWERED),
+    "already-failed": (lambda r, accepted: _update(r, "c", DELTA_B), ANSWERED),
+    "float64": (lambda r, accepted: _update(r, "b", DELTA_B.astype(np.float64)), LAYOUT),
+    "float16": (lambda r, accepted: _update(r, "b", DELTA_B.astype(np.float16)), LAYOUT),
+    "too-long": (lambda r, accepted: _update(r, "b", _f32(1, 2, 3, 4)), LAYOUT),
+    "too-short": (lambda r, accepted: _update(r, "b", _f32(1, 2)), LAYOUT),
+    "2-D": (lambda r, accepted: _update(r, "b", DELTA_B.reshape(1, 3)), LAYOUT),
+    "list": (lambda r, accepted: _update(r, "b", [3.0, 6.0, 9.0]), LAYOUT),
+    "nan": (lambda r, accepted: _update(r, "b", _f32(3, np.nan, 9)), FINITE),
+    "inf": (lambda r, accepted: _update(r, "b", _f32(3, 6, np.inf)), FINITE),
+    "minus-inf": (lambda r, accepted: _update(r, "b", _f32(-np.inf, 6, 9)), FINITE),
+    "zero-samples": (lambda r, accepted: _update(r, "b", DELTA_B, num_samples=0), SAMPLES),
+    "negative-samples": (lambda r, accepted: _update(r, "b", DELTA_B, num_samples=-2), SAMPLES),
+}
+
+
+@pytest.mark.parametrize("weighting", ["samples", "uniform"])
+@pytest.mark.parametrize("case", sorted(REJECTIONS))
+def test_a_rejected_update_leaves_the_round_byte_identical(case: str, weighting: str):
+    # Prepare: "a" answered (2 samples), "c" failed, "b" still owed
+    state = ServerState(version=3, global_vector=GLOBAL.copy(), rounds_done=5)
+    rnd = open_round(state, ("a", "b", "c"), weighting=weighting)
+    accepted = _update(rnd, "a", DELTA_A, num_samples=2, metrics={"loss": 1.0})
+    accept_update(rnd, accepted)
+    mark_failed(rnd, "c")
+    build, message = REJECTIONS[case]
+    bad = build(rnd, accepted)
+    before = _snapshot(rnd)
+    # Execute
+    with pytest.raises(UpdateRejected, match=message):
+        accept_update(rnd, bad)
+    # Assert
+    assert _snapshot(rnd) == before
+    assert not is_complete(rnd)
+
+
+def test_check_update_alone_changes_nothing():
+    # Prepare
+    rnd = open_round(initial_state(GLOBAL), ("a",))
+    before = _snapshot(rnd)
+    # Execute
+    check_update(rnd, _update(rnd, "a", DELTA_A))
+    # Assert
+    assert _snapshot(rnd) == before
+
+
+def test_update_rejected_is_a_value_error_that_names_the_client():
+    rnd = open_round(initial_state(GLOBAL), ("a",))
+    with pytest.raises(ValueError, match="mallory"):
+        accept_update(rnd, _update(rnd, "mallory", DELTA_A))
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_an_update_cannot_make_the_accumulator_non_finite():
+    # Prepare
+    rnd = open_round(initial_state(GLOBAL), ("a", "b"))
+    accept_update(rnd, _update(rnd, "a", DELTA_A, num_samples=1))
+    before = _snapshot(rnd)
+    # Execute
+    try:
+        accept_update(rnd, _update(rnd, "b", _f32(0, 1, 2), num_samples=10**39))
+    except UpdateRejected:
+        assert _snapshot(rnd) == before
+    # Assert
+    assert np.isfinite(rnd.total).all()
+
+
+# --- failures, completeness, empty rounds ------------------------------------------------
+
+
+def test_is_complete_counts_accepted_and_failed_clients():
+    # Prepare
+    rnd = open_round(initial_state(GLOBAL), ("a", "b", "c"))
+    # Execute / Assert
+    assert not is_complete(rnd)
+    accept_update(rnd, _update(rnd, "a", DELTA_A))
+    mark_failed(rnd, "b")
+    assert not is_complete(rnd)
+    mark_failed(rnd, "c")
+    assert is_complete(rnd)
+
+
+def test_an_empty_cohort_is_complete_at_once():
+    assert is_complete(open_round(initial_state(GLOBAL), ()))
+
+
+@pytest.mark.parametrize("client", ["z", "a"], ids=["not-in-cohort", "already-accepted"])
+def test_mark_failed_refuses_and_leaves_the_round_unchanged(client: str):
+    # Prepare
+    rnd = open_round(initial_state(GLOBAL), ("a", "b"))
+    accept_update(rnd, _update(rnd, "a", DELTA_A))
+    before = _snapshot(rnd)
+    # Execute
+    with pytest.raises(ValueError, match=client):
+        mark_failed(rnd, client)
+    # Assert
+    assert _snapshot(rnd) == before
+
+
+def test_failed_clients_are_reported_and_excluded_from_the_mean():
+    # Prepare
+    state = initial_state(GLOBAL)
+    rnd = open_round(state, ("a", "b", "c"))
+    accept_update(rnd, _update(rnd, "b", DELTA_B, num_samples=3))
+    mark_failed(rnd, "c")
+    mark_failed(rnd, "a")
+    # Execute
+    new_state, outcome = close_round(state, rnd, server_lr=1.0)
+    # Assert
+    assert (outcome.accepted, outcome.failed, outcome.committed) == (("b",), ("a", "c"), True)
+    assert new_state.global_vector.tolist() == [4.0, 7.0, 10.0]
+
+
+def test_an_empty_round_keeps_the_global_and_version_but_counts_the_round():
+    # Prepare
+    state = ServerState(version=2, global_vector=GLOBAL.copy(), rounds_done=4)
+    rnd = open_round(state, ("a", "b"))
+    mark_failed(rnd, "a")
+    # Execute
+    new_state, outcome = close_round(state, rnd, server_lr=1.0)
+    # Assert
+    assert (new_state.version, new_state.rounds_done) == (2, 5)
+    assert new_state.global_vector.tobytes() == GLOBAL.tobytes()
+    assert (outcome.round, outcome.version, outcome.committed) == (5, 2, False)
+    assert (outcome.accepted, outcome.failed) == ((), ("a",))
+    assert open_round(new_state, ("a",)).round == 6
+
+
+def test_close_round_refuses_a_round_that_does_not_follow_the_state():
+    # Prepare
+    state = initial_state(GLOBAL)
+    rnd = open_round(state, ("a",))
+    accept_update(rnd, _update(rnd, "a", DELTA_A))
+    new_state, _ = close_round(state, rnd, server_lr=1.0)
+    before = _snapshot(rnd)
+    # Execute / Assert: the same round again, against the state it produced
+    with pytest.raises(ValueError, match="does not follow"):
+        close_round(new_state, rnd, server_lr=1.0)
+    # a round opened from a state of another version
+    stale = ServerState(version=5, global_vector=GLOBAL.copy(), rounds_done=0)
+    with pytest.raises(ValueError, match="does not follow"):
+        close_round(stale, open_round(state, ("a",)), server_lr=1.0)
+    assert _snapshot(rnd) == before
+    assert new_state.version == 1 and new_state.global_vector.tolist() == [2.0, 3.0, 4.0]
+
+
+# --- aggregation/mean.py and aggregation/server_opt.py -----------------------------------
+
+
+def test_client_weight_by_samples_and_uniform():
+    assert client_weight(7, "samples") == 7.0
+    assert client_weight(7, "uniform") == 1.0
+    with pytest.raises(ValueError, match="unknown weighting"):
+        client_weight(7, "median")
+
+
+def test_fold_adds_the_weighted_update_in_place():
+    # Prepare
+    total, scratch = _f32(1, 1, 1), np.empty(3, np.float32)
+    total_id = id(total)
+    # Execute
+    fold(total, _f32(1, 2, 3), 2.0, scratch)
+    # Assert
+    assert id(total) == total_id and total.tolist() == [3.0, 5.0, 7.0]
+
+
+def test_weighted_mean_divides_once_and_refuses_zero_weight():
+    # Prepare
+    total = _f32(10, 20, 30)
+    # Execute / Assert
+    assert weighted_mean(total, 4.0).tolist() == [2.5, 5.0, 7.5]
+    assert total.tolist() == [10.0, 20.0, 30.0]
+    with pytest.raises(ValueError, match="zero"):
+        weighted_mean(total, 0.0)
+
+
+def test_server_sgd_does_not_modify_its_inputs_and_checks_shapes():
+    # Prepare
+    global_vector, mean_delta = _f32(1, 1, 1), _f32(2.5, 5, 7.5)
+    # Execute
+    out = server_sgd(global_vector, mean_delta, server_lr=0.5)
+    # Assert
+    assert out.tolist() == [2.25, 3.5, 4.75]
+    assert global_vector.tolist() == [1.0, 1.0, 1.0] and mean_delta.tolist() == [2.5, 5.0, 7.5]
+    with pytest.raises(ValueError, match="shape"):
+        server_sgd(global_vector, _f32(1, 2), server_lr=1.0)
