@@ -183,7 +183,7 @@ def test_apply_overrides_changes_only_the_named_key():
     # Assert
     assert changed.client.lr == 0.5
     assert dataclasses.replace(changed, client=dataclasses.replace(changed.client, lr=config.client.lr)) == config
-    assert config.client.lr == 2e-3  # the input is untouched
+    assert changed.client.lr != config.client.lr and config == RunConfig()  # the input is untouched
 
 
 def test_apply_overrides_from_parsed_text():

@@ -96,3 +96,23 @@ def test_distinct_client_ids_never_share_a_stream():
 )
 def test_streams_named_by_different_parts_differ(parts, other):
     assert derive_seed(0, *parts) != derive_seed(0, *other)
+
+
+@pytest.mark.parametrize("part", [2**64, 2**70])
+def test_parts_past_64_bits_are_rejected(part: int):
+    with pytest.raises(ValueError, match="2\\*\\*64"):
+        derive_seed(0, part)
+
+
+def test_the_largest_64_bit_part_is_accepted_and_distinct():
+    assert derive_seed(0, 2**64 - 1) != derive_seed(0, 2**32 - 1)
+
+
+@pytest.mark.parametrize("part", [True, 1.0, None, b"alice"], ids=["bool", "float", "none", "bytes"])
+def test_parts_that_are_neither_int_nor_str_are_rejected(part):
+    with pytest.raises(TypeError, match="ints or strings"):
+        make_rng(0, part)
+
+
+def test_numpy_integer_parts_name_the_same_stream_as_python_ints():
+    assert derive_seed(np.int64(4), np.uint32(2), "a") == derive_seed(4, 2, "a")

@@ -306,3 +306,16 @@ def test_write_from_rejects_a_parameter_whose_shape_differs_from_the_spec():
     with pytest.raises(ValueError):
         write_from(spec, [param], np.arange(3, dtype=np.float32))
     assert not param.any()
+
+
+def test_read_into_rejects_mismatched_parameters_and_leaves_the_output_unchanged():
+    # Prepare
+    spec = make_spec(SHAPES)
+    params = _params(seed=0)
+    params[2] = torch.zeros(4, 3, 2)  # "cube" transposed: same size, other shape
+    out = np.zeros(spec.size, np.float32)
+    # Execute
+    with pytest.raises(ValueError, match="cube"):
+        read_into(spec, params, out)
+    # Assert
+    assert not out.any()

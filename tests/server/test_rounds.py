@@ -205,7 +205,7 @@ def test_open_round_rejects_a_duplicate_cohort_and_an_unknown_weighting():
 
 
 ROUND, VERSION, COHORT, ANSWERED = "is for round", "started from version", "not in round", "already answered"
-LAYOUT, FINITE, SAMPLES = "must be float32 of shape", "non-finite", "reports"
+LAYOUT, FINITE, SAMPLES, LARGE = "must be float32 of shape", "non-finite", "reports", "too large"
 
 # case -> (build the bad update from the round and the update already accepted, expected message)
 REJECTIONS = {
@@ -228,6 +228,7 @@ REJECTIONS = {
     "minus-inf": (lambda r, accepted: _update(r, "b", _f32(-np.inf, 6, 9)), FINITE),
     "zero-samples": (lambda r, accepted: _update(r, "b", DELTA_B, num_samples=0), SAMPLES),
     "negative-samples": (lambda r, accepted: _update(r, "b", DELTA_B, num_samples=-2), SAMPLES),
+    "too-large": (lambda r, accepted: _update(r, "b", _f32(1e31, 0, -1), num_samples=2), LARGE),
 }
 
 
@@ -280,6 +281,33 @@ def test_an_update_cannot_make_the_accumulator_non_finite():
         assert _snapshot(rnd) == before
     # Assert
     assert np.isfinite(rnd.total).all()
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_an_all_zero_update_with_a_huge_sample_count_cannot_make_the_accumulator_non_finite():
+    # Prepare
+    rnd = open_round(initial_state(GLOBAL), ("a", "b"))
+    accept_update(rnd, _update(rnd, "a", DELTA_A, num_samples=1))
+    before = _snapshot(rnd)
+    # Execute
+    try:
+        accept_update(rnd, _update(rnd, "b", _f32(0, 0, 0), num_samples=10**39))
+    except UpdateRejected:
+        assert _snapshot(rnd) == before
+    # Assert
+    assert np.isfinite(rnd.total).all()
+
+
+def test_a_sample_count_too_large_for_a_float_is_rejected_as_an_update():
+    # Prepare
+    rnd = open_round(initial_state(GLOBAL), ("a", "b"))
+    accept_update(rnd, _update(rnd, "a", DELTA_A, num_samples=1))
+    before = _snapshot(rnd)
+    # Execute
+    with pytest.raises(UpdateRejected):
+        accept_update(rnd, _update(rnd, "b", DELTA_B, num_samples=10**400))
+    # Assert
+    assert _snapshot(rnd) == before
 
 
 # --- failures, completeness, empty rounds ------------------------------------------------

@@ -21,6 +21,8 @@ from fedlm.core.types import Task, Update
 # A weighted update may not exceed this magnitude in any coordinate: float32 tops out at
 # 3.4e38, so this leaves room to sum a hundred million such updates without overflow.
 MAX_WEIGHTED_MAGNITUDE = 1e30
+# More samples than any client holds; bounds the weight so it is always a finite float32.
+MAX_SAMPLES = 2**31 - 1
 
 
 class UpdateRejected(ValueError):
@@ -99,8 +101,9 @@ def check_update(rnd: OpenRound, update: Update) -> None:
     vector = update.vector
     if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != rnd.total.shape:
         raise UpdateRejected(f"update from {who} must be float32 of shape {rnd.total.shape}")
-    if update.num_samples < 1:
-        raise UpdateRejected(f"update from {who} reports {update.num_samples} samples")
+    samples = update.num_samples
+    if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or not 1 <= samples <= MAX_SAMPLES:
+        raise UpdateRejected(f"update from {who} reports {samples!r} samples; expected an integer in [1, {MAX_SAMPLES}]")
     if not np.isfinite(vector).all():
         raise UpdateRejected(f"update from {who} has non-finite values")
     weight = client_weight(update.num_samples, rnd.weighting)
