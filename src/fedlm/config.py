@@ -17,6 +17,11 @@ from typing import Any
 import tomli_w
 
 
+SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
+LORA_AGGREGATIONS = ("fedit", "ffa", "svd")
+
+
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type, or out of range."""
 
@@ -51,8 +56,14 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     private: tuple[str, ...] = ()  # fnmatch patterns of adapter parameters that never leave a client
+    aggregation: str = "fedit"  # "fedit" (mean of A and of B), "ffa" (A frozen, B only), "svd" (exact mean of B.A)
+    client_ranks: tuple[int, ...] = ()  # svd only: ranks clients train, assigned by client id (each <= r)
 
     def __post_init__(self) -> None:
+        _require(self.aggregation in LORA_AGGREGATIONS, "lora.aggregation", f"must be one of {LORA_AGGREGATIONS}")
+        _require(all(1 <= k <= self.r for k in self.client_ranks), "lora.client_ranks", f"each rank must be in [1, lora.r = {self.r}]")
+        _require(not self.client_ranks or self.aggregation == "svd", "lora.client_ranks",
+                 "heterogeneous ranks need lora.aggregation = 'svd' (fedit and ffa average factors of one rank)")
         _require(self.r >= 1, "lora.r", "must be >= 1")
         _require(self.alpha > 0, "lora.alpha", "must be > 0")
         _require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
@@ -98,8 +109,10 @@ class ClientSettings:
     optimizer: str = "adamw"  # "adamw" or "sgd"
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
+    prox_mu: float = 0.0  # FedProx proximal term mu/2 * ||w - global||^2 on shared parameters; 0 = off
 
     def __post_init__(self) -> None:
+        _require(self.prox_mu >= 0, "client.prox_mu", "must be >= 0")
         _require(self.local_steps >= 1, "client.local_steps", "must be >= 1")
         _require(self.batch_size >= 1, "client.batch_size", "must be >= 1")
         _require(self.lr > 0, "client.lr", "must be > 0")
@@ -110,12 +123,35 @@ class ClientSettings:
 
 @dataclass(frozen=True)
 class StrategySettings:
-    server_lr: float = 1.0  # global += server_lr * weighted mean of client deltas (1.0 = FedAvg)
-    weighting: str = "samples"  # "samples" (by training sequences) or "uniform"
+    server_optimizer: str = "sgd"  # "sgd" (FedAvg / FedAvgM), "adam", "yogi", "adagrad" (Reddi et al. 2021)
+    server_lr: float = 1.0  # server learning rate; sgd with 1.0 and no momentum is plain FedAvg
+    server_momentum: float = 0.0  # sgd only (FedAvgM)
+    server_beta1: float = 0.9  # adam / yogi / adagrad first-moment decay
+    server_beta2: float = 0.99  # adam / yogi second-moment decay
+    server_tau: float = 1e-3  # adam / yogi / adagrad adaptivity
+    weighting: str = "samples"  # "samples" (by training sequences) or "uniform"; robust aggregators are unweighted
+    aggregator: str = "mean"  # "mean", or robust: "median", "trimmed_mean", "krum", "multi_krum"
+    trim_fraction: float = 0.1  # trimmed_mean: share cut from each end, per coordinate
+    num_byzantine: int = 0  # krum / multi_krum: f, the number of bad updates to tolerate
+    krum_selected: int = 0  # multi_krum: updates averaged; 0 means cohort - f
+    norm_bound: float = 0.0  # server-side: scale each update to L2 norm <= this before aggregating; 0 = off
+    clip_norm: float = 0.0  # client-side: clip each update to L2 norm <= this; 0 = off
 
     def __post_init__(self) -> None:
+        _require(self.server_optimizer in SERVER_OPTIMIZERS, "strategy.server_optimizer", f"must be one of {SERVER_OPTIMIZERS}")
         _require(self.server_lr > 0, "strategy.server_lr", "must be > 0")
+        _require(0 <= self.server_momentum < 1, "strategy.server_momentum", "must be in [0, 1)")
+        _require(0 <= self.server_beta1 < 1, "strategy.server_beta1", "must be in [0, 1)")
+        _require(0 < self.server_beta2 < 1, "strategy.server_beta2", "must be in (0, 1)")
+        _require(self.server_tau > 0, "strategy.server_tau", "must be > 0")
+        _require(self.server_momentum == 0 or self.server_optimizer == "sgd", "strategy.server_momentum", "applies to the sgd server optimizer only")
         _require(self.weighting in ("samples", "uniform"), "strategy.weighting", "must be 'samples' or 'uniform'")
+        _require(self.aggregator in AGGREGATORS, "strategy.aggregator", f"must be one of {AGGREGATORS}")
+        _require(0 <= self.trim_fraction < 0.5, "strategy.trim_fraction", "must be in [0, 0.5)")
+        _require(self.num_byzantine >= 0, "strategy.num_byzantine", "must be >= 0")
+        _require(self.krum_selected >= 0, "strategy.krum_selected", "must be >= 0")
+        _require(self.norm_bound >= 0, "strategy.norm_bound", "must be >= 0 (0 = off)")
+        _require(self.clip_norm >= 0, "strategy.clip_norm", "must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import pytest
 from fedlm.aggregation.mean import client_weight, fold, weighted_mean
 from fedlm.aggregation.server_opt import server_sgd
 from fedlm.core.types import Task, Update
+from fedlm.updates.pipeline import fedavg_pipeline
 from fedlm.server.rounds import (
     OpenRound,
     ServerState,
@@ -45,7 +46,7 @@ def _snapshot(rnd: OpenRound) -> tuple:
         rnd.round,
         rnd.version,
         rnd.cohort,
-        rnd.weighting,
+        rnd.pipeline,
         rnd.total.tobytes(),
         rnd.scratch.tobytes(),
         dict(rnd.weights),
@@ -55,10 +56,10 @@ def _snapshot(rnd: OpenRound) -> tuple:
 
 
 def _run_round(state: ServerState, *, weighting: str, server_lr: float) -> tuple:
-    rnd = open_round(state, ("a", "b"), weighting=weighting)
+    rnd = open_round(state, ("a", "b"), fedavg_pipeline(weighting=weighting, server_lr=server_lr))
     accept_update(rnd, _update(rnd, "a", DELTA_A.copy(), num_samples=1))
     accept_update(rnd, _update(rnd, "b", DELTA_B.copy(), num_samples=3))
-    return close_round(state, rnd, server_lr=server_lr)
+    return close_round(state, rnd)
 
 
 # --- the arithmetic ---------------------------------------------------------------------
@@ -107,8 +108,8 @@ def test_the_order_of_arrival_does_not_change_the_result():
     accept_update(backward, _update(backward, "b", DELTA_B, 3))
     accept_update(backward, _update(backward, "a", DELTA_A, 1))
     # Assert
-    assert close_round(state, forward, server_lr=1.0)[0].global_vector.tobytes() == (
-        close_round(state, backward, server_lr=1.0)[0].global_vector.tobytes()
+    assert close_round(state, forward)[0].global_vector.tobytes() == (
+        close_round(state, backward)[0].global_vector.tobytes()
     )
 
 
@@ -133,7 +134,7 @@ def test_closing_a_round_leaves_the_old_state_and_the_updates_unchanged():
     # Execute
     accept_update(rnd, _update(rnd, "a", a, 1))
     accept_update(rnd, _update(rnd, "b", b, 3))
-    new_state, _ = close_round(state, rnd, server_lr=1.0)
+    new_state, _ = close_round(state, rnd)
     # Assert
     assert state.global_vector.tolist() == [1.0, 1.0, 1.0]
     assert state.version == 0 and state.rounds_done == 0
@@ -198,7 +199,7 @@ def test_open_round_rejects_a_duplicate_cohort_and_an_unknown_weighting():
     with pytest.raises(ValueError, match="duplicate"):
         open_round(state, ("a", "b", "a"))
     with pytest.raises(ValueError, match="weighting"):
-        open_round(state, ("a",), weighting="by_loss")
+        fedavg_pipeline(weighting="by_loss")
 
 
 # --- rejected updates leave the round byte-identical -------------------------------------
@@ -237,7 +238,7 @@ REJECTIONS = {
 def test_a_rejected_update_leaves_the_round_byte_identical(case: str, weighting: str):
     # Prepare: "a" answered (2 samples), "c" failed, "b" still owed
     state = ServerState(version=3, global_vector=GLOBAL.copy(), rounds_done=5)
-    rnd = open_round(state, ("a", "b", "c"), weighting=weighting)
+    rnd = open_round(state, ("a", "b", "c"), fedavg_pipeline(weighting=weighting))
     accepted = _update(rnd, "a", DELTA_A, num_samples=2, metrics={"loss": 1.0})
     accept_update(rnd, accepted)
     mark_failed(rnd, "c")
@@ -350,7 +351,7 @@ def test_failed_clients_are_reported_and_excluded_from_the_mean():
     mark_failed(rnd, "c")
     mark_failed(rnd, "a")
     # Execute
-    new_state, outcome = close_round(state, rnd, server_lr=1.0)
+    new_state, outcome = close_round(state, rnd)
     # Assert
     assert (outcome.accepted, outcome.failed, outcome.committed) == (("b",), ("a", "c"), True)
     assert new_state.global_vector.tolist() == [4.0, 7.0, 10.0]
@@ -362,7 +363,7 @@ def test_an_empty_round_keeps_the_global_and_version_but_counts_the_round():
     rnd = open_round(state, ("a", "b"))
     mark_failed(rnd, "a")
     # Execute
-    new_state, outcome = close_round(state, rnd, server_lr=1.0)
+    new_state, outcome = close_round(state, rnd)
     # Assert
     assert (new_state.version, new_state.rounds_done) == (2, 5)
     assert new_state.global_vector.tobytes() == GLOBAL.tobytes()
@@ -376,15 +377,15 @@ def test_close_round_refuses_a_round_that_does_not_follow_the_state():
     state = initial_state(GLOBAL)
     rnd = open_round(state, ("a",))
     accept_update(rnd, _update(rnd, "a", DELTA_A))
-    new_state, _ = close_round(state, rnd, server_lr=1.0)
+    new_state, _ = close_round(state, rnd)
     before = _snapshot(rnd)
     # Execute / Assert: the same round again, against the state it produced
     with pytest.raises(ValueError, match="does not follow"):
-        close_round(new_state, rnd, server_lr=1.0)
+        close_round(new_state, rnd)
     # a round opened from a state of another version
     stale = ServerState(version=5, global_vector=GLOBAL.copy(), rounds_done=0)
     with pytest.raises(ValueError, match="does not follow"):
-        close_round(stale, open_round(state, ("a",)), server_lr=1.0)
+        close_round(stale, open_round(state, ("a",)))
     assert _snapshot(rnd) == before
     assert new_state.version == 1 and new_state.global_vector.tolist() == [2.0, 3.0, 4.0]
 

@@ -18,9 +18,10 @@ from fedlm.config import ClientSettings
 from fedlm.core.rng import derive_seed, make_rng
 from fedlm.core.types import Task, Update
 from fedlm.data.blocks import Blocks, batch_order, iter_batches
-from fedlm.models.lora import Adapter
+from fedlm.models.lora import Adapter, rank_masks
 
 StepCallback = Callable[[int, float], None]
+GradientHook = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,20 @@ def train_local(
     batches: Iterable[Blocks],
     settings: ClientSettings,
     on_step: StepCallback | None = None,
+    after_backward: GradientHook | None = None,
 ) -> LocalResult:
-    """Plain supervised steps of next-token loss over `batches`; returns loss statistics."""
+    """Plain supervised steps of next-token loss over `batches`; returns loss statistics.
+
+    `after_backward` may adjust the gradients before each step (FedProx, rank masks).
+    """
     optimizer = make_optimizer(params, settings)
     model.train()
     losses, tokens = [], 0
     for step, batch in enumerate(batches):
         loss = model(input_ids=batch.input_ids, labels=batch.labels).loss
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
@@ -59,6 +66,44 @@ def train_local(
             on_step(step, losses[-1])
     model.eval()
     return LocalResult(steps=len(losses), tokens=tokens, mean_loss=float(np.mean(losses)), last_loss=losses[-1])
+
+
+def prox_hook(adapter: Adapter, global_vector: np.ndarray, mu: float) -> GradientHook:
+    """FedProx (Li et al. 2020, arXiv:1812.06127): the gradient of mu/2 ||w - w_global||^2.
+
+    Added straight to the shared parameters' gradients, w/o building it into the graph.
+    """
+    anchors = [torch.from_numpy(global_vector[e.offset : e.stop]).view(e.shape) for e in adapter.shared_spec.entries]
+
+    def add_proximal_gradient() -> None:
+        with torch.no_grad():
+            for p, anchor in zip(adapter.shared_params, anchors, strict=True):
+                if p.grad is not None:
+                    p.grad.add_(p - anchor, alpha=mu)
+
+    return add_proximal_gradient
+
+
+def mask_hook(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> GradientHook:
+    def mask_gradients() -> None:
+        for p, mask in masks:
+            if p.grad is not None:
+                p.grad.mul_(mask)
+
+    return mask_gradients
+
+
+def chain_hooks(hooks: list[GradientHook]) -> GradientHook | None:
+    if not hooks:
+        return None
+    if len(hooks) == 1:
+        return hooks[0]
+
+    def run_all() -> None:
+        for hook in hooks:
+            hook()
+
+    return run_all
 
 
 def run_task(
@@ -72,23 +117,38 @@ def run_task(
     seed: int,
     out: np.ndarray,
     on_step: StepCallback | None = None,
+    rank: int | None = None,
+    encode: Callable[[np.ndarray], dict[str, float]] | None = None,
 ) -> Update:
     """Train one client on `task` and return its update.
 
     `out` is a preallocated buffer that receives the delta (new shared - global): the
     returned Update's vector *is* `out`, so the caller folds it in before the next client.
     `private_vector` is updated in place with the client's new private parameters.
+    `rank` below the adapter's rank trains only the leading LoRA components; `encode`
+    runs the client side of the update pipeline (clipping, ...) on the delta in place.
     """
     adapter.write_shared(global_vector)
     adapter.write_private(private_vector)
+    hooks = []
+    if settings.prox_mu > 0:
+        hooks.append(prox_hook(adapter, global_vector, settings.prox_mu))
+    if rank is not None:
+        masks = rank_masks(adapter, rank)
+        with torch.no_grad():
+            for p, mask in masks:
+                p.mul_(mask)
+        hooks.append(mask_hook(masks))
     order = batch_order(
         len(train_blocks), steps=settings.local_steps, batch_size=settings.batch_size,
         rng=make_rng(seed, "batches", task.round, task.client_id),
     )
     torch.manual_seed(derive_seed(seed, "dropout", task.round, task.client_id))  # LoRA dropout has no generator argument
-    result = train_local(adapter.model, adapter.trainable, iter_batches(train_blocks, order), settings, on_step)
+    result = train_local(adapter.model, adapter.trainable, iter_batches(train_blocks, order), settings, on_step, chain_hooks(hooks))
     adapter.read_shared(out)
     np.subtract(out, global_vector, out=out)
     adapter.read_private(private_vector)
     metrics = {"train_loss": result.mean_loss, "last_loss": result.last_loss, "steps": result.steps, "tokens": result.tokens}
+    if encode is not None:
+        metrics.update(encode(out))
     return Update(task.round, task.version, task.client_id, len(train_blocks), out, metrics)

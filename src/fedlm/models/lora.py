@@ -9,6 +9,7 @@ one flat float32 vector (see core.vectors); private ones stay with their client.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapte
             model = get_peft_model(base.model, config)
         except ValueError as err:
             raise ValueError(f"lora.target_modules {list(settings.target_modules)} do not fit this model: {err}") from None
+    if settings.aggregation == "ffa":
+        freeze_lora_a(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     shared = {n: p for n, p in named.items() if not is_private(n, settings.private)}
     private = {n: p for n, p in named.items() if is_private(n, settings.private)}
@@ -88,6 +91,46 @@ def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapte
     adapter.initial_shared = adapter.read_shared(np.empty(adapter.shared_spec.size, np.float32))
     adapter.initial_private = adapter.read_private(np.empty(adapter.private_spec.size, np.float32))
     return adapter
+
+
+def freeze_lora_a(model: torch.nn.Module) -> None:
+    """FFA-LoRA (Sun et al., ICLR 2024, arXiv:2403.12313): A stays at its seeded init everywhere.
+
+    Every client attaches the adapter from the same run seed, so all hold the same A; only
+    B trains and travels, B.A is linear in B, and averaging B is exact.
+    """
+    for name, p in model.named_parameters():
+        if "lora_A" in name:
+            p.requires_grad_(False)
+
+
+def client_rank(client_id: str, ranks: tuple[int, ...], full_rank: int) -> int:
+    """The LoRA rank a client trains: one of `ranks`, fixed by its id (the full rank if none given)."""
+    if not ranks:
+        return full_rank
+    digest = hashlib.sha256(client_id.encode()).digest()
+    return ranks[int.from_bytes(digest[:8], "little") % len(ranks)]
+
+
+def rank_masks(adapter: Adapter, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, 0/1 mask) that keep only the first `rank` components of every LoRA factor.
+
+    A is [r, in]: rows >= rank are masked; B is [out, r]: columns >= rank. A client of a
+    lower rank trains the leading components of the global factors (HetLoRA-style zero
+    padding; the svd aggregator orders components by singular value).
+    """
+    masks = []
+    for spec, params in ((adapter.shared_spec, adapter.shared_params), (adapter.private_spec, adapter.private_params)):
+        for entry, p in zip(spec.entries, params, strict=True):
+            mask = torch.ones_like(p)
+            if "lora_A" in entry.name:
+                mask[rank:] = 0
+            elif "lora_B" in entry.name:
+                mask[:, rank:] = 0
+            else:
+                continue
+            masks.append((p, mask))
+    return masks
 
 
 def export_adapter(adapter: Adapter, global_vector: np.ndarray, directory: Path) -> Path:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedlm.aggregation.mean import client_weight, fold, weighted_mean
-from fedlm.aggregation.server_opt import server_sgd
+from fedlm.aggregation.mean import client_weight, fold
 from fedlm.core.types import Task, Update
+from fedlm.updates.pipeline import Pipeline, fedavg_pipeline
+from fedlm.updates.server import aggregate, apply_ingress, initial_optimizer_state, optimize
 
 
 # A weighted update may not exceed this magnitude in any coordinate: float32 tops out at
@@ -36,6 +37,7 @@ class ServerState:
     version: int
     global_vector: np.ndarray = field(repr=False)
     rounds_done: int = 0
+    opt_state: tuple[np.ndarray, ...] = field(default=(), repr=False)  # the server optimizer's moments
 
 
 @dataclass
@@ -45,9 +47,10 @@ class OpenRound:
     round: int
     version: int
     cohort: tuple[str, ...]
-    weighting: str
+    pipeline: Pipeline
     total: np.ndarray = field(repr=False)
     scratch: np.ndarray = field(repr=False)
+    stack: np.ndarray | None = field(default=None, repr=False)  # [cohort, P], only for aggregators that need it
     weights: dict[str, float] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -62,24 +65,31 @@ class RoundOutcome:
     committed: bool  # False when no update arrived: the global is unchanged
 
 
-def initial_state(global_vector: np.ndarray) -> ServerState:
+def initial_state(global_vector: np.ndarray, pipeline: Pipeline | None = None) -> ServerState:
     if global_vector.dtype != np.float32 or global_vector.ndim != 1:
         raise ValueError("the global vector must be 1-D float32")
-    return ServerState(version=0, global_vector=global_vector.copy())
+    opt_state = initial_optimizer_state(pipeline or fedavg_pipeline(), global_vector.size)
+    return ServerState(version=0, global_vector=global_vector.copy(), opt_state=opt_state)
 
 
-def open_round(state: ServerState, cohort: tuple[str, ...], *, weighting: str = "samples") -> OpenRound:
+def open_round(state: ServerState, cohort: tuple[str, ...], pipeline: Pipeline | None = None) -> OpenRound:
+    """Allocate the round's accumulator (and, for robust aggregators, a row per cohort client).
+
+    Without a pipeline the round is plain FedAvg (weighted mean, server learning rate 1).
+    """
+    pipeline = pipeline or fedavg_pipeline()
     if len(set(cohort)) != len(cohort):
         raise ValueError("cohort has duplicate clients")
-    client_weight(1, weighting)  # validates the name before anything is allocated
     size = state.global_vector.shape[0]
+    stack = np.empty((len(cohort), size), np.float32) if pipeline.needs_stack else None
     return OpenRound(
         round=state.rounds_done + 1,
         version=state.version,
         cohort=tuple(cohort),
-        weighting=weighting,
+        pipeline=pipeline,
         total=np.zeros(size, np.float32),
         scratch=np.empty(size, np.float32),
+        stack=stack,
     )
 
 
@@ -106,17 +116,21 @@ def check_update(rnd: OpenRound, update: Update) -> None:
         raise UpdateRejected(f"update from {who} reports {samples!r} samples; expected an integer in [1, {MAX_SAMPLES}]")
     if not np.isfinite(vector).all():
         raise UpdateRejected(f"update from {who} has non-finite values")
-    weight = client_weight(update.num_samples, rnd.weighting)
+    weight = client_weight(update.num_samples, rnd.pipeline.weighting)
     peak = max(abs(float(vector.max())), abs(float(vector.min()))) if vector.size else 0.0
     if weight * peak > MAX_WEIGHTED_MAGNITUDE:
         raise UpdateRejected(f"update from {who} is too large: weight {weight:.3g} x max |value| {peak:.3g}")
 
 
 def accept_update(rnd: OpenRound, update: Update) -> None:
-    """Fold a checked update into the round's accumulator."""
+    """Check an update, run the per-update server steps, and fold it in (or keep its row)."""
     check_update(rnd, update)
-    weight = client_weight(update.num_samples, rnd.weighting)
-    fold(rnd.total, update.vector, weight, rnd.scratch)
+    weight = client_weight(update.num_samples, rnd.pipeline.weighting)
+    vector = apply_ingress(rnd.pipeline, update.vector, rnd.scratch)
+    if rnd.stack is not None:
+        rnd.stack[len(rnd.weights)] = vector
+    else:
+        fold(rnd.total, vector, weight, rnd.scratch)
     rnd.weights[update.client_id] = weight
     rnd.metrics[update.client_id] = dict(update.metrics)
 
@@ -131,16 +145,18 @@ def is_complete(rnd: OpenRound) -> bool:
     return len(rnd.weights) + len(rnd.failed) == len(rnd.cohort)
 
 
-def close_round(state: ServerState, rnd: OpenRound, *, server_lr: float) -> tuple[ServerState, RoundOutcome]:
+def close_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, RoundOutcome]:
     """Aggregate what arrived into the next global version (unchanged if nothing arrived)."""
     if rnd.round != state.rounds_done + 1 or rnd.version != state.version:
         raise ValueError(f"round {rnd.round} does not follow the server state (round {state.rounds_done}, v{state.version})")
     accepted = tuple(sorted(rnd.weights))
     failed = tuple(sorted(rnd.failed))
     if not accepted:
-        new_state = ServerState(state.version, state.global_vector, rnd.round)
+        new_state = ServerState(state.version, state.global_vector, rnd.round, state.opt_state)
         return new_state, RoundOutcome(rnd.round, state.version, accepted, failed, committed=False)
-    mean_delta = weighted_mean(rnd.total, sum(rnd.weights.values()))
-    new_global = server_sgd(state.global_vector, mean_delta, server_lr=server_lr)
-    new_state = ServerState(state.version + 1, new_global, rnd.round)
+    weights = np.fromiter(rnd.weights.values(), dtype=np.float64)
+    rows = rnd.stack[: len(weights)] if rnd.stack is not None else None
+    aggregate_delta = aggregate(rnd.pipeline, state.global_vector, rnd.total, rows, weights)
+    new_global, opt_state = optimize(rnd.pipeline, state.opt_state, state.global_vector, aggregate_delta)
+    new_state = ServerState(state.version + 1, new_global, rnd.round, opt_state)
     return new_state, RoundOutcome(rnd.round, new_state.version, accepted, failed, committed=True)

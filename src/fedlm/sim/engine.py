@@ -17,6 +17,8 @@ import numpy as np
 
 from fedlm.client.train import run_task
 from fedlm.core.rng import make_rng
+from fedlm.models.lora import client_rank
+from fedlm.updates.client import make_encoder
 from fedlm.eval.metrics import EvalResult, evaluate
 from fedlm.server.rounds import (
     OpenRound,
@@ -58,14 +60,17 @@ def evaluate_global(sim: Simulation, state: ServerState) -> EvalResult:
 def train_cohort(sim: Simulation, state: ServerState, rnd: OpenRound, private: dict[str, np.ndarray], reporter: Reporter) -> None:
     """Every cohort client trains in turn; each update is folded before the next one starts."""
     buffer = np.empty_like(state.global_vector)
-    settings = sim.config.client
+    settings, lora = sim.config.client, sim.config.lora
+    encode = make_encoder(sim.pipeline)
     for index, task in enumerate(make_tasks(rnd)):
         reporter.client_started(rnd.round, index, settings.local_steps)
         own = private.setdefault(task.client_id, sim.adapter.initial_private.copy())
+        rank = client_rank(task.client_id, lora.client_ranks, lora.r)
         update = run_task(
             sim.adapter, task, global_vector=state.global_vector, private_vector=own,
             train_blocks=sim.train_blocks(task.client_id), settings=settings,
             seed=sim.config.run.seed, out=buffer, on_step=reporter.step_done,
+            rank=rank if rank < lora.r else None, encode=encode,
         )
         accept_update(rnd, update)
         reporter.client_done(rnd.round, index)
@@ -101,7 +106,7 @@ def simulate(
     state, which in the service never leaves the client.
     """
     reporter = reporter or SilentReporter()
-    state = initial_state(sim.adapter.initial_shared)
+    state = initial_state(sim.adapter.initial_shared, sim.pipeline)
     private = {} if private_state is None else private_state
     base_eval = evaluate_global(sim, state)
     reporter.evaluated("base", base_eval)
@@ -109,10 +114,10 @@ def simulate(
     result = RunResult(state, base_eval, base_eval)
     for round in range(1, sim.config.federation.rounds + 1):
         started = time.perf_counter()
-        rnd = open_round(state, sample_cohort(sim, round), weighting=sim.config.strategy.weighting)
+        rnd = open_round(state, sample_cohort(sim, round), sim.pipeline)
         reporter.round_started(round, len(rnd.cohort))
         train_cohort(sim, state, rnd, private, reporter)
-        state, outcome = close_round(state, rnd, server_lr=sim.config.strategy.server_lr)
+        state, outcome = close_round(state, rnd)
         evaluation = evaluate_global(sim, state)
         record = round_record(rnd, outcome, evaluation, time.perf_counter() - started, state.global_vector.size)
         result.state, result.final_eval = state, evaluation

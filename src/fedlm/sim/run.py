@@ -34,6 +34,7 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         "update_bytes": int(state.global_vector.nbytes),
         "seconds": round(seconds, 2),
         "adapter_dir": ADAPTER_DIR,
+        "pipeline": sim.pipeline.describe(),
     }
     if result is not None:
         summary["base"] = result.base_eval.as_dict()
@@ -48,7 +49,7 @@ def run_simulation(config: RunConfig, out: Path, *, overwrite: bool = False, rep
     sim = prepare(config)
     out = make_run_dir(out, overwrite=overwrite)
     write_config(out, config)
-    last = {"state": initial_state(sim.adapter.initial_shared), "eval": None}
+    last = {"state": initial_state(sim.adapter.initial_shared, sim.pipeline), "eval": None}
 
     def on_record(record: dict[str, Any], state: ServerState) -> None:
         append_metrics(out, record)

@@ -14,7 +14,10 @@ from fedlm.data.folders import load_folder
 from fedlm.data.shakespeare import load_shakespeare
 from fedlm.data.types import FederatedDataset
 from fedlm.models.base import BaseModel, load_base_model
+from fedlm.core.vectors import make_spec
 from fedlm.models.lora import Adapter, attach_lora
+from fedlm.updates.build import build_pipeline
+from fedlm.updates.pipeline import Pipeline
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Simulation:
     population: tuple[str, ...]  # clients that may be sampled to train
     eval_clients: tuple[str, ...]
     eval_blocks: Blocks
+    pipeline: Pipeline
     train_cache: dict[str, Blocks] = field(default_factory=dict)
 
     def train_blocks(self, client_id: str) -> Blocks:
@@ -66,13 +70,25 @@ def build_eval_blocks(base: BaseModel, dataset: FederatedDataset, clients: tuple
     return concat_blocks(parts, seq_len).head(config.eval.max_sequences)
 
 
+def check_pipeline_settings(config: RunConfig) -> None:
+    """Build the pipeline once on a dummy layout to refuse bad combinations early."""
+    dummy = make_spec([("lora_A", (1, 1)), ("lora_B", (1, 1))])
+    build_pipeline(config.strategy, config.lora, dummy)
+
+
 def prepare(config: RunConfig) -> Simulation:
-    """Load the model and data named by `config` and attach a fresh adapter (global version 0)."""
+    """Load the model and data named by `config` and attach a fresh adapter (global version 0).
+
+    The update pipeline is built and checked before the model loads would be wasted on a
+    combination that cannot work.
+    """
+    check_pipeline_settings(config)
     if config.model.threads:
         torch.set_num_threads(config.model.threads)
     dataset = load_dataset(config)
     population, eval_clients = split_population(dataset, config)
     base = load_base_model(config.model.name)
     adapter = attach_lora(base, config.lora, seed=config.run.seed)
+    pipeline = build_pipeline(config.strategy, config.lora, adapter.shared_spec)
     eval_blocks = build_eval_blocks(base, dataset, eval_clients, config)
-    return Simulation(config, base, adapter, dataset, population, eval_clients, eval_blocks)
+    return Simulation(config, base, adapter, dataset, population, eval_clients, eval_blocks, pipeline)

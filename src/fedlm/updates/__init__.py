@@ -1,0 +1,1 @@
+"""The update pipeline: small transforms between a client delta and a new global."""

@@ -1,0 +1,153 @@
+"""The update pipeline: the chain of transforms from a client's delta to the new global.
+
+    client:  clip -> [noise share] -> [quantize] -> [mask]          (encode one update)
+    server:  [norm bound] => aggregate (fold into a sum, or robust over the stack)
+             -> [unmask] -> [dequantize] -> [central noise] -> mean -> server optimizer
+
+After TensorFlow Federated's composable aggregators (`distributed_dp`: rotate, clip,
+discretize, noise, modular clip, secure sum). Each step declares where it runs and
+whether it commutes with summation; `check_chain` refuses, when the chain is built, any
+order or combination that cannot work, with a message naming both steps: a step that
+must see single updates together with secure aggregation (the server only ever sees a
+sum), noise before clipping (it breaks the sensitivity argument), and so on. Steps in
+brackets arrive with the privacy, secure-aggregation and compression issues; they slot
+in by declaring their stage.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from fedlm.aggregation.mean import WEIGHTINGS
+from fedlm.aggregation.server_opt import ServerOptimizer
+from fedlm.core.vectors import Spec
+
+
+class PipelineError(ValueError):
+    """A chain of update transforms that cannot work, naming the two parts that clash."""
+
+
+class Stage(enum.IntEnum):
+    """Canonical order of the chain; a step may only follow steps of a lower stage."""
+
+    CLIP = 10  # client: bound each update's L2 norm
+    NOISE_SHARE = 20  # client: distributed DP noise share
+    QUANTIZE = 30  # client: to integers for transport / secure sum
+    MASK = 40  # client: secure-aggregation mask
+    INGRESS = 50  # server, per update before aggregation (norm bound)
+    AGGREGATE = 60  # server: sum/mean or a robust statistic
+    UNMASK = 70
+    DEQUANTIZE = 80
+    CENTRAL_NOISE = 90
+    OPTIMIZE = 100  # server optimizer on the mean
+
+
+CLIENT_STAGES = {Stage.CLIP, Stage.NOISE_SHARE, Stage.QUANTIZE, Stage.MASK}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transform of the chain, described by what the checks need to know of it."""
+
+    name: str
+    stage: Stage
+    summable: bool = True  # commutes with summation: fine under secure aggregation
+    params: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def on_client(self) -> bool:
+        return self.stage in CLIENT_STAGES
+
+    def param(self, key: str) -> float:
+        return dict(self.params)[key]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A checked chain. `aggregator` is the AGGREGATE step; `optimizer` the server update."""
+
+    steps: tuple[Step, ...]
+    optimizer: ServerOptimizer
+    weighting: str = "samples"
+    spec: Spec | None = None  # the update's layout; the svd aggregator needs it to find LoRA pairs
+
+    @property
+    def client_steps(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.on_client)
+
+    @property
+    def ingress_steps(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.stage == Stage.INGRESS)
+
+    @property
+    def aggregator(self) -> Step:
+        return next(s for s in self.steps if s.stage == Stage.AGGREGATE)
+
+    @property
+    def needs_stack(self) -> bool:
+        """True when the server must hold every update of the round (it says so in the run log)."""
+        return not self.aggregator.summable
+
+    def describe(self) -> str:
+        return " -> ".join(s.name for s in self.steps) + f" -> {self.optimizer.name}"
+
+
+def check_chain(steps: tuple[Step, ...], optimizer: ServerOptimizer) -> None:
+    """Raise PipelineError, naming both parts, for any order or combination that cannot work."""
+    aggregators = [s for s in steps if s.stage == Stage.AGGREGATE]
+    if len(aggregators) > 1:
+        raise PipelineError(f"{aggregators[0].name} and {aggregators[1].name} are both aggregators; choose one")
+    if not aggregators:
+        raise PipelineError("a pipeline needs an aggregate step (mean or a robust aggregator)")
+    for earlier, later in zip(steps, steps[1:]):
+        if later.stage < earlier.stage:
+            raise PipelineError(f"{later.name} cannot come after {earlier.name}: {later.name} must run first")
+        if later.stage == earlier.stage and later.stage != Stage.INGRESS:
+            raise PipelineError(f"{earlier.name} and {later.name} both take the {later.stage.name.lower()} stage")
+    _check_secure_sum(steps)
+    _check_noise_follows_clip(steps)
+    aggregator = aggregators[0]
+    if aggregator.name == "lora_svd" and (optimizer.name != "sgd" or optimizer.momentum):
+        raise PipelineError(
+            f"lora.aggregation = 'svd' cannot be used with server optimizer {optimizer.name!r}"
+            f"{' with momentum' if optimizer.momentum else ''}: svd refactors B.A every round, so the"
+            " factors' moments carry over meaninglessly; use strategy.server_optimizer = 'sgd' without momentum"
+        )
+
+
+def _check_secure_sum(steps: tuple[Step, ...]) -> None:
+    mask = next((s for s in steps if s.stage == Stage.MASK), None)
+    if mask is None:
+        return
+    for step in steps:
+        if not step.summable:
+            raise PipelineError(
+                f"{step.name} needs to see individual updates, but {mask.name} (secure aggregation) "
+                "lets the server see only their sum; turn one of them off"
+            )
+
+
+def _check_noise_follows_clip(steps: tuple[Step, ...]) -> None:
+    noise = [s for s in steps if s.stage in (Stage.NOISE_SHARE, Stage.CENTRAL_NOISE)]
+    clip = next((s for s in steps if s.stage == Stage.CLIP), None)
+    for n in noise:
+        if clip is None:
+            raise PipelineError(f"{n.name} needs a clip step before it: noise is calibrated to the clipped norm")
+
+
+def make_pipeline(
+    steps: tuple[Step, ...], optimizer: ServerOptimizer, *, weighting: str = "samples", spec: Spec | None = None
+) -> Pipeline:
+    """A checked pipeline; raises PipelineError naming the clashing parts."""
+    if weighting not in WEIGHTINGS:
+        raise PipelineError(f"unknown weighting {weighting!r}; known: {WEIGHTINGS}")
+    check_chain(steps, optimizer)
+    if any(s.name == "lora_svd" for s in steps) and spec is None:
+        raise PipelineError("the lora_svd aggregator needs the update's spec")
+    return Pipeline(steps, optimizer, weighting, spec)
+
+
+def fedavg_pipeline(*, server_lr: float = 1.0, weighting: str = "samples") -> Pipeline:
+    """Plain FedAvg: the weighted mean of the deltas, then global += server_lr * mean."""
+    return make_pipeline((Step("mean", Stage.AGGREGATE),), ServerOptimizer("sgd", lr=server_lr), weighting=weighting)

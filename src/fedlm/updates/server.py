@@ -1,0 +1,61 @@
+"""The server side of the pipeline: per-update steps, aggregation, and the server optimizer.
+
+Pure functions over arrays; the round engine calls them and owns the buffers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedlm.aggregation import robust, server_opt
+from fedlm.aggregation.lora_modes import svd_aggregate
+from fedlm.updates.pipeline import Pipeline
+
+
+def apply_ingress(pipeline: Pipeline, vector: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Per-update server steps (norm bounding). Writes into `scratch`, never into `vector`."""
+    result = vector
+    for step in pipeline.ingress_steps:
+        if step.name != "norm_bound":
+            raise ValueError(f"unknown per-update server step {step.name!r}")
+        result, _ = robust.bound_norm(result, max_norm=step.param("max_norm"), out=scratch)
+    return result
+
+
+def aggregate(
+    pipeline: Pipeline, global_vector: np.ndarray, total: np.ndarray, rows: np.ndarray | None, weights: np.ndarray
+) -> np.ndarray:
+    """The round's aggregate delta: the weighted mean of the folded sum, or a robust statistic of the rows."""
+    step = pipeline.aggregator
+    if step.name == "mean":
+        return total / np.float32(weights.sum())
+    if rows is None:
+        raise ValueError(f"the {step.name} aggregator needs every update of the round")
+    if step.name == "lora_svd":
+        new_global = svd_aggregate(pipeline.spec, global_vector, rows, weights,
+                                   rank=int(step.param("rank")), server_lr=pipeline.optimizer.lr)
+        return new_global - global_vector
+    if step.name == "median":
+        return robust.coordinate_median(rows)
+    if step.name == "trimmed_mean":
+        return robust.trimmed_mean(rows, trim_fraction=step.param("trim_fraction"))
+    f = int(step.param("num_byzantine"))
+    if step.name == "krum":
+        return robust.krum(rows, num_byzantine=f)[0]
+    if step.name == "multi_krum":
+        selected = int(step.param("num_selected")) or len(rows) - f
+        return robust.multi_krum(rows, num_byzantine=f, num_selected=selected)[0]
+    raise ValueError(f"unknown aggregator {step.name!r}")
+
+
+def initial_optimizer_state(pipeline: Pipeline, size: int) -> tuple[np.ndarray, ...]:
+    return server_opt.init_state(pipeline.optimizer, size)
+
+
+def optimize(
+    pipeline: Pipeline, state: tuple[np.ndarray, ...], global_vector: np.ndarray, aggregate_delta: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The new global and optimizer state. svd already applied the server learning rate to B.A."""
+    if pipeline.aggregator.name == "lora_svd":
+        return global_vector + aggregate_delta, state
+    return server_opt.apply(pipeline.optimizer, state, global_vector, aggregate_delta)
