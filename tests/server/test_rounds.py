@@ -402,12 +402,21 @@ def test_client_weight_by_samples_and_uniform():
 
 def test_fold_adds_the_weighted_update_in_place():
     # Prepare
-    total, scratch = _f32(1, 1, 1), np.empty(3, np.float32)
-    total_id = id(total)
+    total = _f32(1, 1, 1)
+    pointer = total.ctypes.data
+    update = _f32(1, 2, 3)
     # Execute
-    fold(total, _f32(1, 2, 3), 2.0, scratch)
+    fold(total, update, 2.0)
     # Assert
-    assert id(total) == total_id and total.tolist() == [3.0, 5.0, 7.0]
+    assert total.ctypes.data == pointer and total.tolist() == [3.0, 5.0, 7.0]
+    assert update.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_fold_refuses_a_mismatched_update():
+    total = _f32(1, 1, 1)
+    with pytest.raises(ValueError, match="same shape"):
+        fold(total, _f32(1, 2), 1.0)
+    assert total.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_weighted_mean_divides_once_and_refuses_zero_weight():

@@ -97,7 +97,9 @@ def apply(
     _check_vector("global vector", global_vector, None)
     _check_vector("mean delta", mean_delta, global_vector.shape)
     if not isinstance(state, tuple) or len(state) != _state_len(opt):
-        raise ValueError(f"{opt.name} (momentum {opt.momentum}) expects a state of {_state_len(opt)} arrays")
+        kind = opt.name if opt.is_adaptive else f"sgd with momentum {opt.momentum}"
+        got = len(state) if isinstance(state, tuple) else type(state).__name__
+        raise ValueError(f"{kind} expects a state of {_state_len(opt)} arrays, got {got}")
     for i, array in enumerate(state):
         _check_vector(f"state[{i}]", array, global_vector.shape)
 

@@ -130,7 +130,7 @@ def accept_update(rnd: OpenRound, update: Update) -> None:
     if rnd.stack is not None:
         rnd.stack[len(rnd.weights)] = vector
     else:
-        fold(rnd.total, vector, weight, rnd.scratch)
+        fold(rnd.total, vector, weight)
     rnd.weights[update.client_id] = weight
     rnd.metrics[update.client_id] = dict(update.metrics)
 

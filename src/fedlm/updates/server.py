@@ -9,6 +9,7 @@ import numpy as np
 
 from fedlm.aggregation import robust, server_opt
 from fedlm.aggregation.lora_modes import svd_aggregate
+from fedlm.aggregation.mean import weighted_mean
 from fedlm.updates.pipeline import Pipeline
 
 
@@ -28,7 +29,7 @@ def aggregate(
     """The round's aggregate delta: the weighted mean of the folded sum, or a robust statistic of the rows."""
     step = pipeline.aggregator
     if step.name == "mean":
-        return total / np.float32(weights.sum())
+        return weighted_mean(total, float(weights.sum()))
     if rows is None:
         raise ValueError(f"the {step.name} aggregator needs every update of the round")
     if step.name == "lora_svd":
