@@ -7,6 +7,7 @@ value of the wrong type or out of range is refused with a message naming the key
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 
 import typing
@@ -259,3 +260,12 @@ def dump_config(config: RunConfig) -> str:
     return tomli_w.dumps(config_to_dict(config))
 
 
+
+
+def settings_listing() -> list[str]:
+    """One line per section, `section: key=default, ...`, for every setting (for --help)."""
+    data = config_to_dict(RunConfig())
+    return [
+        f"{section}: " + ", ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+        for section, values in data.items()
+    ]

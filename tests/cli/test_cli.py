@@ -72,3 +72,14 @@ def test_existing_run_is_not_overwritten_without_flag(tmp_path):
     assert result.exit_code == 2
     assert "--overwrite" in result.output
     assert (out / "metrics.jsonl").read_bytes() == before
+
+
+def test_simulate_help_lists_every_setting():
+    from fedlm.config import config_to_dict
+
+    result = runner.invoke(app, ["simulate", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    for section, values in config_to_dict(RunConfig()).items():
+        assert f"{section}:" in result.output
+        for key in values:
+            assert f"{key}=" in result.output, key

@@ -8,6 +8,7 @@ import typer
 
 from fedlm.cli import config_cmd, models_cmd
 from fedlm.cli.simulate import simulate_command
+from fedlm.config import settings_listing
 
 app = typer.Typer(
     help="fedlm: federated LoRA fine-tuning of language models. Text stays with its clients; "
@@ -15,7 +16,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-app.command("simulate")(simulate_command)
+app.command("simulate", epilog="Settings (--set section.key=value, or a TOML table per section):\n\n"
+            + "\n\n".join(settings_listing()))(simulate_command)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 
