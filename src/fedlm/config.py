@@ -156,6 +156,33 @@ class StrategySettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    noise_multiplier: float = 0.0  # z: Gaussian noise std z * clip_norm on the sum; > 0 turns user-level DP on
+    placement: str = "central"  # "central" (server adds the noise) or "distributed" (each client adds a share)
+    delta: float = 0.0  # the DP delta; 0 means 1 / population^1.1
+    accountant: str = "rdp"  # "rdp" or "pld" (dp-accounting)
+    target_epsilon: float = 0.0  # stop before a round would take epsilon past this; 0 = no budget
+    adaptive_clip: bool = False  # adapt strategy.clip_norm toward a quantile of update norms (Andrew et al. 2021)
+    target_quantile: float = 0.5  # adaptive clipping: share of updates that should go unclipped
+    clip_lr: float = 0.2  # adaptive clipping: geometric learning rate of the clip norm
+    count_noise_multiplier: float = 0.0  # adaptive clipping: noise on the unclipped count; 0 = expected cohort / 20
+
+    def __post_init__(self) -> None:
+        _require(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0 (0 = off)")
+        _require(self.placement in ("central", "distributed"), "privacy.placement", "must be 'central' or 'distributed'")
+        _require(0 <= self.delta < 1, "privacy.delta", "must be in [0, 1) (0 = 1 / population^1.1)")
+        _require(self.accountant in ("rdp", "pld"), "privacy.accountant", "must be 'rdp' or 'pld'")
+        _require(self.target_epsilon >= 0, "privacy.target_epsilon", "must be >= 0 (0 = no budget)")
+        _require(0 < self.target_quantile < 1, "privacy.target_quantile", "must be in (0, 1)")
+        _require(self.clip_lr > 0, "privacy.clip_lr", "must be > 0")
+        _require(self.count_noise_multiplier >= 0, "privacy.count_noise_multiplier", "must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier > 0
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     clients: int = 16  # evaluation clients, a fixed seeded sample
     held_out_clients: bool = True  # evaluation clients never train (held-out speakers)
@@ -177,7 +204,22 @@ class RunConfig:
     federation: FederationSettings = field(default_factory=FederationSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
     strategy: StrategySettings = field(default_factory=StrategySettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        """Checks that span tables; each message names the setting to change."""
+        privacy, strategy = self.privacy, self.strategy
+        if privacy.enabled or privacy.adaptive_clip:
+            _require(strategy.clip_norm > 0, "strategy.clip_norm",
+                     "must be > 0 with differential privacy or adaptive clipping: noise is calibrated to it")
+        if privacy.enabled:
+            _require(strategy.weighting == "uniform", "strategy.weighting",
+                     "must be 'uniform' with differential privacy: a sample-weighted sum has no fixed sensitivity")
+        _require(privacy.placement != "distributed" or self.federation.sampling == "fixed", "privacy.placement",
+                 "'distributed' needs federation.sampling = 'fixed': each share is calibrated to a known cohort size")
+        _require(privacy.target_epsilon == 0 or privacy.enabled, "privacy.target_epsilon",
+                 "a privacy budget needs privacy.noise_multiplier > 0")
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:

@@ -107,7 +107,9 @@ def test_clip_scales_to_the_bound_and_leaves_small_and_zero_updates_alone():
 def test_client_encoder_clips_in_place_and_reports_numbers_only():
     encode = make_encoder(build({"clip_norm": 2.0}))
     vector = np.array([6, 8], np.float32)
-    metrics = encode(vector)
+    metrics = encode(vector, 2.0)
     assert vector.tolist() == pytest.approx([1.2, 1.6])
-    assert metrics == {"update_norm": pytest.approx(10.0), "clipped": 1.0}
+    assert metrics == {"update_norm": pytest.approx(10.0), "unclipped": 0.0}
+    small = np.array([0.6, 0.8], np.float32)
+    assert encode(small, 2.0)["unclipped"] == 1.0 and small.tolist() == pytest.approx([0.6, 0.8])
     assert make_encoder(build()) is None

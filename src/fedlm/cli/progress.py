@@ -54,4 +54,5 @@ class RichReporter:
             f"round {record['round']}: v{record['version']}, {record['accepted']}/{record['cohort']} updates, "
             f"train loss {record['train_loss'] if record['train_loss'] is None else round(record['train_loss'], 4)}, "
             f"held-out perplexity {ev['perplexity']:.2f}, {record['seconds']:.1f} s"
+            + (f", epsilon {record['epsilon']:.3f}" if "epsilon" in record else "")
         )

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fedlm.config import ConfigError, RunConfig, apply_overrides, load_config, parse_override
 from fedlm.sim.run import run_simulation
+from fedlm.sim.rundir import CONFIG_FILE
 
 console = Console()
 
@@ -56,6 +57,10 @@ def print_result(summary: dict[str, Any], out: Path) -> None:
         if row:
             table.add_row(label, f"{row['loss']:.4f}", f"{row['perplexity']:.2f}", f"{row['accuracy']:.3f}")
     console.print(table)
+    if "epsilon" in summary:
+        console.print(f"user-level DP: epsilon = {summary['epsilon']:.3f} at delta = {summary['delta']:.3g}")
+    if "stop_reason" in summary:
+        console.print(f"[yellow]stopped early:[/] {summary['stop_reason']}")
     console.print(f"run directory: {out}  (adapter: {out / summary['adapter_dir']}, {summary['seconds']:.0f} s)")
 
 
@@ -63,6 +68,8 @@ def simulate_command(
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML run config; every setting has a default."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/<timestamp>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Reuse an --out that already holds a run."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last completed round "
+                                "(its config.toml, plus any overrides such as --rounds)."),
     model: str | None = typer.Option(None, help="model.name: 'smollm2', 'tiny', a .gguf file or a local HF dir."),
     rounds: int | None = typer.Option(None, help="federation.rounds"),
     clients_per_round: int | None = typer.Option(None, help="federation.clients_per_round"),
@@ -82,8 +89,12 @@ def simulate_command(
     """
     shortcuts = dict(model=model, rounds=rounds, clients_per_round=clients_per_round, local_steps=local_steps,
                      batch_size=batch_size, lr=lr, seq_len=seq_len, seed=seed)
+    if resume and (out is None or config is not None):
+        console.print("[red]error:[/] --resume takes the run directory as --out, and its own config.toml (no --config)")
+        raise typer.Exit(2)
     try:
-        run_config = resolve_config(config, collect_overrides(shortcuts, data, set_))
+        base_file = out / CONFIG_FILE if resume else config
+        run_config = resolve_config(base_file, collect_overrides(shortcuts, data, set_))
     except ConfigError as err:
         console.print(f"[red]config error:[/] {err}")
         raise typer.Exit(2) from None
@@ -91,12 +102,12 @@ def simulate_command(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if quiet:
-            summary = run_simulation(run_config, out, overwrite=overwrite)
+            summary = run_simulation(run_config, out, overwrite=overwrite, resume=resume)
         else:
             from fedlm.cli.progress import RichReporter
 
             with RichReporter(console) as reporter:
-                summary = run_simulation(run_config, out, overwrite=overwrite, reporter=reporter)
+                summary = run_simulation(run_config, out, overwrite=overwrite, reporter=reporter, resume=resume)
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None

@@ -118,7 +118,7 @@ def run_task(
     out: np.ndarray,
     on_step: StepCallback | None = None,
     rank: int | None = None,
-    encode: Callable[[np.ndarray], dict[str, float]] | None = None,
+    encode: Callable[[np.ndarray, float], dict[str, float]] | None = None,
 ) -> Update:
     """Train one client on `task` and return its update.
 
@@ -150,5 +150,5 @@ def run_task(
     adapter.read_private(private_vector)
     metrics = {"train_loss": result.mean_loss, "last_loss": result.last_loss, "steps": result.steps, "tokens": result.tokens}
     if encode is not None:
-        metrics.update(encode(out))
+        metrics.update(encode(out, task.clip_norm))
     return Update(task.round, task.version, task.client_id, len(train_blocks), out, metrics)

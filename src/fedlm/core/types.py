@@ -19,6 +19,7 @@ class Task:
     round: int
     version: int
     client_id: str
+    clip_norm: float = 0.0  # the round's L2 clip norm (it moves under adaptive clipping); 0 = none
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ before anything changes, so a rejected update leaves the round byte-identical.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from fedlm.aggregation.mean import client_weight, fold
 from fedlm.core.types import Task, Update
+from fedlm.privacy.adaptive_clip import next_clip_norm
+from fedlm.privacy.ledger import PrivacyLedger
 from fedlm.updates.pipeline import Pipeline, fedavg_pipeline
 from fedlm.updates.server import aggregate, apply_ingress, initial_optimizer_state, optimize
 
@@ -38,6 +40,8 @@ class ServerState:
     global_vector: np.ndarray = field(repr=False)
     rounds_done: int = 0
     opt_state: tuple[np.ndarray, ...] = field(default=(), repr=False)  # the server optimizer's moments
+    clip_norm: float = 0.0  # the L2 clip norm clients apply (adaptive clipping moves it)
+    ledger: PrivacyLedger = field(default_factory=PrivacyLedger)  # every DP event so far
 
 
 @dataclass
@@ -51,6 +55,8 @@ class OpenRound:
     total: np.ndarray = field(repr=False)
     scratch: np.ndarray = field(repr=False)
     stack: np.ndarray | None = field(default=None, repr=False)  # [cohort, P], only for aggregators that need it
+    clip_norm: float = 0.0
+    unclipped: int = 0  # adaptive clipping: how many accepted updates went unclipped
     weights: dict[str, float] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -68,8 +74,10 @@ class RoundOutcome:
 def initial_state(global_vector: np.ndarray, pipeline: Pipeline | None = None) -> ServerState:
     if global_vector.dtype != np.float32 or global_vector.ndim != 1:
         raise ValueError("the global vector must be 1-D float32")
-    opt_state = initial_optimizer_state(pipeline or fedavg_pipeline(), global_vector.size)
-    return ServerState(version=0, global_vector=global_vector.copy(), opt_state=opt_state)
+    pipeline = pipeline or fedavg_pipeline()
+    opt_state = initial_optimizer_state(pipeline, global_vector.size)
+    clip = next((s.param("clip_norm") for s in pipeline.client_steps if s.name == "clip"), 0.0)
+    return ServerState(version=0, global_vector=global_vector.copy(), opt_state=opt_state, clip_norm=clip)
 
 
 def open_round(state: ServerState, cohort: tuple[str, ...], pipeline: Pipeline | None = None) -> OpenRound:
@@ -90,11 +98,12 @@ def open_round(state: ServerState, cohort: tuple[str, ...], pipeline: Pipeline |
         total=np.zeros(size, np.float32),
         scratch=np.empty(size, np.float32),
         stack=stack,
+        clip_norm=state.clip_norm,
     )
 
 
 def make_tasks(rnd: OpenRound) -> list[Task]:
-    return [Task(round=rnd.round, version=rnd.version, client_id=c) for c in rnd.cohort]
+    return [Task(round=rnd.round, version=rnd.version, client_id=c, clip_norm=rnd.clip_norm) for c in rnd.cohort]
 
 
 def check_update(rnd: OpenRound, update: Update) -> None:
@@ -120,6 +129,12 @@ def check_update(rnd: OpenRound, update: Update) -> None:
     peak = max(abs(float(vector.max())), abs(float(vector.min()))) if vector.size else 0.0
     if weight * peak > MAX_WEIGHTED_MAGNITUDE:
         raise UpdateRejected(f"update from {who} is too large: weight {weight:.3g} x max |value| {peak:.3g}")
+    if is_adaptive(rnd.pipeline) and update.metrics.get("unclipped") not in (0, 1):
+        raise UpdateRejected(f"update from {who} lacks the 0/1 'unclipped' bit that adaptive clipping counts")
+
+
+def is_adaptive(pipeline: Pipeline) -> bool:
+    return pipeline.privacy is not None and pipeline.privacy.adaptive_clip
 
 
 def accept_update(rnd: OpenRound, update: Update) -> None:
@@ -133,6 +148,8 @@ def accept_update(rnd: OpenRound, update: Update) -> None:
         fold(rnd.total, vector, weight)
     rnd.weights[update.client_id] = weight
     rnd.metrics[update.client_id] = dict(update.metrics)
+    if is_adaptive(rnd.pipeline):
+        rnd.unclipped += int(update.metrics["unclipped"])
 
 
 def mark_failed(rnd: OpenRound, client_id: str) -> None:
@@ -146,17 +163,30 @@ def is_complete(rnd: OpenRound) -> bool:
 
 
 def close_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, RoundOutcome]:
-    """Aggregate what arrived into the next global version (unchanged if nothing arrived)."""
+    """Aggregate what arrived into the next global version.
+
+    Without DP a round with no arrivals leaves the global unchanged. With DP every round
+    releases its noised mean, even of nothing: whether anything is released must not
+    depend on who was sampled. Each DP round adds its event to the ledger.
+    """
     if rnd.round != state.rounds_done + 1 or rnd.version != state.version:
         raise ValueError(f"round {rnd.round} does not follow the server state (round {state.rounds_done}, v{state.version})")
     accepted = tuple(sorted(rnd.weights))
     failed = tuple(sorted(rnd.failed))
-    if not accepted:
-        new_state = ServerState(state.version, state.global_vector, rnd.round, state.opt_state)
+    plan = rnd.pipeline.privacy
+    ledger = state.ledger if plan is None else state.ledger.record(rnd.round, plan.round_event(arrived=len(accepted)))
+    clip_norm = state.clip_norm
+    if plan is not None and plan.adaptive_clip:
+        clip_norm, _ = next_clip_norm(
+            state.clip_norm, rnd.unclipped, expected_cohort=plan.expected_cohort, target_quantile=plan.target_quantile,
+            lr=plan.clip_lr, count_std=plan.count_noise,
+        )
+    if not accepted and plan is None:
+        new_state = replace(state, rounds_done=rnd.round)
         return new_state, RoundOutcome(rnd.round, state.version, accepted, failed, committed=False)
-    weights = np.fromiter(rnd.weights.values(), dtype=np.float64)
+    weights = np.fromiter(rnd.weights.values(), dtype=np.float64, count=len(rnd.weights))
     rows = rnd.stack[: len(weights)] if rnd.stack is not None else None
-    aggregate_delta = aggregate(rnd.pipeline, state.global_vector, rnd.total, rows, weights)
+    aggregate_delta = aggregate(rnd.pipeline, state.global_vector, rnd.total, rows, weights, rnd.clip_norm)
     new_global, opt_state = optimize(rnd.pipeline, state.opt_state, state.global_vector, aggregate_delta)
-    new_state = ServerState(state.version + 1, new_global, rnd.round, opt_state)
+    new_state = ServerState(state.version + 1, new_global, rnd.round, opt_state, clip_norm, ledger)
     return new_state, RoundOutcome(rnd.round, new_state.version, accepted, failed, committed=True)

@@ -41,6 +41,7 @@ class RunResult:
     base_eval: EvalResult
     final_eval: EvalResult
     records: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str | None = None  # why the run ended before its last round (privacy budget)
 
 
 def sample_cohort(sim: Simulation, round: int) -> tuple[str, ...]:
@@ -76,6 +77,28 @@ def train_cohort(sim: Simulation, state: ServerState, rnd: OpenRound, private: d
         reporter.client_done(rnd.round, index)
 
 
+def privacy_fields(sim: Simulation, state: ServerState) -> dict[str, Any]:
+    plan = sim.pipeline.privacy
+    fields: dict[str, Any] = {}
+    if state.clip_norm:
+        fields["clip_norm"] = state.clip_norm
+    if plan is not None:
+        fields.update(epsilon=plan.epsilon(state.ledger), delta=plan.delta, noise_multiplier=plan.noise_multiplier)
+    return fields
+
+
+def budget_stop(sim: Simulation, state: ServerState) -> str | None:
+    """A message when the next round would take epsilon past privacy.target_epsilon, else None."""
+    plan = sim.pipeline.privacy
+    if plan is None or plan.allows_next_round(state.ledger):
+        return None
+    after = state.ledger.epsilon_if(plan.round_event(), delta=plan.delta, accountant=plan.accountant)
+    return (
+        f"privacy budget reached: round {state.rounds_done + 1} would take epsilon from "
+        f"{plan.epsilon(state.ledger):.3f} to {after:.3f}, past privacy.target_epsilon = {plan.target_epsilon}"
+    )
+
+
 def round_record(rnd: OpenRound, outcome: RoundOutcome, result: EvalResult, seconds: float, size: int) -> dict[str, Any]:
     losses = [m["train_loss"] for m in rnd.metrics.values()]
     weights = [rnd.weights[c] for c in rnd.metrics]
@@ -99,20 +122,26 @@ def simulate(
     reporter: Reporter | None = None,
     on_record: Callable[[dict[str, Any], ServerState], None] | None = None,
     private_state: dict[str, np.ndarray] | None = None,
+    start: ServerState | None = None,
 ) -> RunResult:
-    """Run every configured round; `on_record(record, state)` sees each round as it ends.
+    """Run rounds until federation.rounds (or the privacy budget); `on_record(record, state)` sees each.
 
     `private_state` maps client id to that client's private parameters: client-side
-    state, which in the service never leaves the client.
+    state, which in the service never leaves the client. `start` resumes from a saved state.
     """
     reporter = reporter or SilentReporter()
-    state = initial_state(sim.adapter.initial_shared, sim.pipeline)
+    initial = initial_state(sim.adapter.initial_shared, sim.pipeline)
+    state = start if start is not None else initial
     private = {} if private_state is None else private_state
-    base_eval = evaluate_global(sim, state)
+    base_eval = evaluate_global(sim, initial)
     reporter.evaluated("base", base_eval)
-    reporter.run_started(sim.config.federation.rounds)
-    result = RunResult(state, base_eval, base_eval)
-    for round in range(1, sim.config.federation.rounds + 1):
+    final_eval = base_eval if start is None else evaluate_global(sim, state)
+    result = RunResult(state, base_eval, final_eval)
+    reporter.run_started(sim.config.federation.rounds - state.rounds_done)
+    for round in range(state.rounds_done + 1, sim.config.federation.rounds + 1):
+        result.stop_reason = budget_stop(sim, state)
+        if result.stop_reason:
+            break
         started = time.perf_counter()
         rnd = open_round(state, sample_cohort(sim, round), sim.pipeline)
         reporter.round_started(round, len(rnd.cohort))
@@ -120,6 +149,7 @@ def simulate(
         state, outcome = close_round(state, rnd)
         evaluation = evaluate_global(sim, state)
         record = round_record(rnd, outcome, evaluation, time.perf_counter() - started, state.global_vector.size)
+        record.update(privacy_fields(sim, state))
         result.state, result.final_eval = state, evaluation
         result.records.append(record)
         reporter.round_done(record)

@@ -1,7 +1,9 @@
 """One simulation run end to end, with its run directory: the function behind `fedlm simulate`.
 
-If a round fails or the run is interrupted, the last committed global adapter is still
-exported and summary.json says how the run ended.
+After every round the metrics line and a checkpoint are written, so `--resume` continues
+a run (its privacy ledger included) from its last completed round. If a round fails or
+the run is interrupted, the last committed global adapter is still exported and
+summary.json says how the run ended.
 """
 
 from __future__ import annotations
@@ -10,12 +12,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedlm.config import RunConfig
 from fedlm.models.lora import export_adapter
 from fedlm.server.rounds import ServerState, initial_state
-from fedlm.sim.engine import RunResult, simulate
+from fedlm.sim.checkpoint import load_checkpoint, save_checkpoint
+from fedlm.sim.engine import RunResult, privacy_fields, simulate
 from fedlm.sim.events import Reporter
-from fedlm.sim.rundir import ADAPTER_DIR, append_metrics, check_run_dir, make_run_dir, write_config, write_summary
+from fedlm.sim.rundir import (
+    ADAPTER_DIR,
+    CONFIG_FILE,
+    append_metrics,
+    check_run_dir,
+    make_run_dir,
+    write_config,
+    write_summary,
+)
 from fedlm.sim.setup import Simulation, prepare
 
 
@@ -36,29 +49,52 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         "adapter_dir": ADAPTER_DIR,
         "pipeline": sim.pipeline.describe(),
     }
+    summary.update(privacy_fields(sim, state))
     if result is not None:
         summary["base"] = result.base_eval.as_dict()
         summary["final"] = result.final_eval.as_dict()
+        if result.stop_reason:
+            summary["stop_reason"] = result.stop_reason
     return summary
 
 
-def run_simulation(config: RunConfig, out: Path, *, overwrite: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
+def resume_state(sim: Simulation, out: Path) -> tuple[ServerState, dict[str, np.ndarray]]:
+    state, private = load_checkpoint(out)
+    if state.global_vector.size != sim.adapter.shared_spec.size:
+        raise ValueError(f"{out}'s checkpoint holds {state.global_vector.size} values; this config's adapter has "
+                         f"{sim.adapter.shared_spec.size}: resume with the run's own config")
+    return state, private
+
+
+def run_simulation(
+    config: RunConfig, out: Path, *, overwrite: bool = False, reporter: Reporter | None = None, resume: bool = False
+) -> dict[str, Any]:
     """Prepare, simulate every round, export the adapter and write summary.json; returns the summary."""
-    check_run_dir(out, overwrite=overwrite)
+    if resume and not (Path(out) / CONFIG_FILE).is_file():
+        raise ValueError(f"--resume needs a run directory; {out} holds no {CONFIG_FILE}")
+    if not resume:
+        check_run_dir(out, overwrite=overwrite)
     started = time.perf_counter()
     sim = prepare(config)
-    out = make_run_dir(out, overwrite=overwrite)
+    if resume:
+        start, private = resume_state(sim, Path(out))
+    else:
+        out = make_run_dir(out, overwrite=overwrite)
+        start, private = None, {}
+    out = Path(out)
     write_config(out, config)
-    last = {"state": initial_state(sim.adapter.initial_shared, sim.pipeline), "eval": None}
+    first = start if start is not None else initial_state(sim.adapter.initial_shared, sim.pipeline)
+    last: dict[str, Any] = {"state": first, "eval": None}
 
     def on_record(record: dict[str, Any], state: ServerState) -> None:
         append_metrics(out, record)
+        save_checkpoint(out, state, private)
         last["state"], last["eval"] = state, record
 
     result, status = None, "failed"
     try:
-        result = simulate(sim, reporter, on_record=on_record)
-        status = "completed"
+        result = simulate(sim, reporter, on_record=on_record, private_state=private, start=start)
+        status = "budget_exhausted" if result.stop_reason else "completed"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -70,5 +106,3 @@ def run_simulation(config: RunConfig, out: Path, *, overwrite: bool = False, rep
             summary["final"] = last["eval"]["eval"]
         write_summary(out, summary)
     return summary
-
-

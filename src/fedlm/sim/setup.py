@@ -16,6 +16,7 @@ from fedlm.data.types import FederatedDataset
 from fedlm.models.base import BaseModel, load_base_model
 from fedlm.core.vectors import make_spec
 from fedlm.models.lora import Adapter, attach_lora
+from fedlm.privacy.plan import PrivacyPlan, make_privacy_plan
 from fedlm.updates.build import build_pipeline
 from fedlm.updates.pipeline import Pipeline
 
@@ -70,25 +71,26 @@ def build_eval_blocks(base: BaseModel, dataset: FederatedDataset, clients: tuple
     return concat_blocks(parts, seq_len).head(config.eval.max_sequences)
 
 
-def check_pipeline_settings(config: RunConfig) -> None:
-    """Build the pipeline once on a dummy layout to refuse bad combinations early."""
+def check_pipeline_settings(config: RunConfig, plan: PrivacyPlan | None) -> None:
+    """Build the pipeline once on a dummy layout, to refuse bad combinations before the model loads."""
     dummy = make_spec([("lora_A", (1, 1)), ("lora_B", (1, 1))])
-    build_pipeline(config.strategy, config.lora, dummy)
+    build_pipeline(config.strategy, config.lora, dummy, plan)
 
 
 def prepare(config: RunConfig) -> Simulation:
-    """Load the model and data named by `config` and attach a fresh adapter (global version 0).
+    """Load the data and model named by `config` and attach a fresh adapter (global version 0).
 
-    The update pipeline is built and checked before the model loads would be wasted on a
-    combination that cannot work.
+    The update pipeline is checked before the model loads, so a combination that cannot
+    work fails in a second, not after the load.
     """
-    check_pipeline_settings(config)
     if config.model.threads:
         torch.set_num_threads(config.model.threads)
     dataset = load_dataset(config)
     population, eval_clients = split_population(dataset, config)
+    plan = make_privacy_plan(config.privacy, config.federation, len(population))
+    check_pipeline_settings(config, plan)
     base = load_base_model(config.model.name)
     adapter = attach_lora(base, config.lora, seed=config.run.seed)
-    pipeline = build_pipeline(config.strategy, config.lora, adapter.shared_spec)
+    pipeline = build_pipeline(config.strategy, config.lora, adapter.shared_spec, plan)
     eval_blocks = build_eval_blocks(base, dataset, eval_clients, config)
     return Simulation(config, base, adapter, dataset, population, eval_clients, eval_blocks, pipeline)

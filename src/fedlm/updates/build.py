@@ -5,6 +5,8 @@ from __future__ import annotations
 from fedlm.aggregation.server_opt import ServerOptimizer
 from fedlm.config import LoraSettings, StrategySettings
 from fedlm.core.vectors import Spec
+from fedlm.privacy.accountant import update_noise_for
+from fedlm.privacy.plan import PrivacyPlan
 from fedlm.updates.pipeline import Pipeline, PipelineError, Stage, Step, make_pipeline
 
 
@@ -34,12 +36,47 @@ def aggregator_step(strategy: StrategySettings, lora: LoraSettings) -> Step:
     return Step(strategy.aggregator, Stage.AGGREGATE, summable=False, params=params)
 
 
-def build_pipeline(strategy: StrategySettings, lora: LoraSettings, spec: Spec) -> Pipeline:
-    """The chain: [clip] => [norm bound] => aggregator -> server optimizer; checked on the way."""
+def update_noise_multiplier(plan: PrivacyPlan) -> float:
+    """The noise multiplier applied to the update sum: all of z, less what adaptive clipping's count takes."""
+    if not plan.adaptive_clip:
+        return plan.noise_multiplier
+    return update_noise_for(plan.noise_multiplier, plan.count_noise)
+
+
+def privacy_steps(plan: PrivacyPlan | None) -> tuple[list[Step], list[Step]]:
+    """(client steps, server steps after the sum) for user-level DP-FedAvg."""
+    if plan is None:
+        return [], []
+    z = (("noise_multiplier", update_noise_multiplier(plan)), ("expected_cohort", plan.expected_cohort))
+    if plan.placement == "distributed":
+        return [Step("noise_share", Stage.NOISE_SHARE, params=z)], []
+    return [], [Step("central_noise", Stage.CENTRAL_NOISE, params=z)]
+
+
+def build_pipeline(
+    strategy: StrategySettings,
+    lora: LoraSettings,
+    spec: Spec,
+    privacy: PrivacyPlan | None = None,
+) -> Pipeline:
+    """The chain: [clip] -> [noise share] => [norm bound] => aggregator -> [central noise] -> server optimizer.
+
+    With DP the mean divides by the expected cohort (a fixed denominator, as in McMahan
+    et al. 2018), not by the number of arrivals, so one client changes the mean by at most
+    clip_norm / expected_cohort.
+    """
+    client_dp, server_dp = privacy_steps(privacy)
     steps: list[Step] = []
     if strategy.clip_norm > 0:
         steps.append(Step("clip", Stage.CLIP, params=(("clip_norm", strategy.clip_norm),)))
+    steps += client_dp
     if strategy.norm_bound > 0:
         steps.append(Step("norm_bound", Stage.INGRESS, summable=False, params=(("max_norm", strategy.norm_bound),)))
-    steps.append(aggregator_step(strategy, lora))
-    return make_pipeline(tuple(steps), make_server_optimizer(strategy), weighting=strategy.weighting, spec=spec)
+    aggregator = aggregator_step(strategy, lora)
+    if privacy is not None and aggregator.name == "mean":
+        aggregator = Step("mean", Stage.AGGREGATE, params=(("denominator", privacy.expected_cohort),))
+    steps.append(aggregator)
+    steps += server_dp
+    return make_pipeline(
+        tuple(steps), make_server_optimizer(strategy), weighting=strategy.weighting, spec=spec, privacy=privacy
+    )

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from fedlm.aggregation.mean import WEIGHTINGS
 from fedlm.aggregation.server_opt import ServerOptimizer
 from fedlm.core.vectors import Spec
+from fedlm.privacy.plan import PrivacyPlan
 
 
 class PipelineError(ValueError):
@@ -71,6 +72,7 @@ class Pipeline:
     optimizer: ServerOptimizer
     weighting: str = "samples"
     spec: Spec | None = None  # the update's layout; the svd aggregator needs it to find LoRA pairs
+    privacy: PrivacyPlan | None = None  # user-level DP: the round's event, budget, adaptive clipping
 
     @property
     def client_steps(self) -> tuple[Step, ...]:
@@ -134,10 +136,21 @@ def _check_noise_follows_clip(steps: tuple[Step, ...]) -> None:
     for n in noise:
         if clip is None:
             raise PipelineError(f"{n.name} needs a clip step before it: noise is calibrated to the clipped norm")
+        for other in steps:
+            if not other.summable:
+                raise PipelineError(
+                    f"{other.name} cannot be combined with {n.name}: Gaussian noise protects a sum of clipped"
+                    f" updates, and {other.name} is not a sum; use strategy.aggregator = 'mean'"
+                )
 
 
 def make_pipeline(
-    steps: tuple[Step, ...], optimizer: ServerOptimizer, *, weighting: str = "samples", spec: Spec | None = None
+    steps: tuple[Step, ...],
+    optimizer: ServerOptimizer,
+    *,
+    weighting: str = "samples",
+    spec: Spec | None = None,
+    privacy: PrivacyPlan | None = None,
 ) -> Pipeline:
     """A checked pipeline; raises PipelineError naming the clashing parts."""
     if weighting not in WEIGHTINGS:
@@ -145,7 +158,7 @@ def make_pipeline(
     check_chain(steps, optimizer)
     if any(s.name == "lora_svd" for s in steps) and spec is None:
         raise PipelineError("the lora_svd aggregator needs the update's spec")
-    return Pipeline(steps, optimizer, weighting, spec)
+    return Pipeline(steps, optimizer, weighting, spec, privacy)
 
 
 def fedavg_pipeline(*, server_lr: float = 1.0, weighting: str = "samples") -> Pipeline:

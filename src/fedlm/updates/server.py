@@ -10,7 +10,8 @@ import numpy as np
 from fedlm.aggregation import robust, server_opt
 from fedlm.aggregation.lora_modes import svd_aggregate
 from fedlm.aggregation.mean import weighted_mean
-from fedlm.updates.pipeline import Pipeline
+from fedlm.privacy.noise import add_gaussian
+from fedlm.updates.pipeline import Pipeline, Stage
 
 
 def apply_ingress(pipeline: Pipeline, vector: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -23,13 +24,25 @@ def apply_ingress(pipeline: Pipeline, vector: np.ndarray, scratch: np.ndarray) -
     return result
 
 
+def noised_mean(pipeline: Pipeline, total: np.ndarray, weights: np.ndarray, clip_norm: float) -> np.ndarray:
+    """sum -> [central noise, std z * clip_norm] -> divide by the fixed denominator or the weight sum."""
+    noisy = total
+    for step in pipeline.steps:
+        if step.stage == Stage.CENTRAL_NOISE:
+            noisy = total.copy()
+            add_gaussian(noisy, step.param("noise_multiplier") * clip_norm)
+    denominator = dict(pipeline.aggregator.params).get("denominator") or float(weights.sum())
+    return weighted_mean(noisy, denominator)
+
+
 def aggregate(
-    pipeline: Pipeline, global_vector: np.ndarray, total: np.ndarray, rows: np.ndarray | None, weights: np.ndarray
+    pipeline: Pipeline, global_vector: np.ndarray, total: np.ndarray, rows: np.ndarray | None, weights: np.ndarray,
+    clip_norm: float = 0.0,
 ) -> np.ndarray:
-    """The round's aggregate delta: the weighted mean of the folded sum, or a robust statistic of the rows."""
+    """The round's aggregate delta: the (noised) mean of the folded sum, or a robust statistic of the rows."""
     step = pipeline.aggregator
     if step.name == "mean":
-        return weighted_mean(total, float(weights.sum()))
+        return noised_mean(pipeline, total, weights, clip_norm)
     if rows is None:
         raise ValueError(f"the {step.name} aggregator needs every update of the round")
     if step.name == "lora_svd":

@@ -1,0 +1,1 @@
+"""User-level differential privacy for federated rounds: noise, accounting, calibration, the ledger."""
