@@ -10,8 +10,9 @@ Accountants:
   Mironov, Talwar, Zhang 2019 (arXiv:1908.10530); fixed-size cohorts use Wang, Balle,
   Kasiviswanathan 2019 (arXiv:1808.00087). dp-accounting converts RDP to (epsilon, delta)
   with the improved bound of Canonne, Kamath, Steinke 2020 (arXiv:2004.00010, Prop. 12).
-- "pld": privacy loss distributions (Koskela et al. 2020; Doroshenko, Ghazi, Kamath, Kumar,
-  Manurangsi 2022, "Connect the dots", arXiv:2207.04380): tighter, slower.
+- "pld": privacy loss distributions (Koskela, Jalko, Honkela 2020, arXiv:1906.03049;
+  Doroshenko, Ghazi, Kamath, Kumar, Manurangsi 2022, "Connect the dots", arXiv:2207.04380):
+  tighter, slower, and slow at small noise multipliers (z < 0.3 takes seconds per epsilon).
 
 Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021, arXiv:1905.03871, Sec. 3) also
 releases a noised count; `effective_noise_multiplier` folds it into the round's one Gaussian.
@@ -146,7 +147,9 @@ def epsilon_of(events: Sequence[dp_accounting.DpEvent], *, delta: float, account
         return float(privacy.compose(composed).get_epsilon(delta))
 
 
-def epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str = "rdp") -> float:
+def epsilon(
+    *, noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str = "rdp"
+) -> float:
     """epsilon after `rounds` Poisson-sampled Gaussian rounds."""
     event = poisson_rounds_event(noise_multiplier=noise_multiplier, sample_rate=sample_rate, rounds=rounds)
     return epsilon_of([event], delta=delta, accountant=accountant)
@@ -161,9 +164,18 @@ def check_delta(delta: float) -> float:
 
 
 def check_accountant(name: str) -> str:
+    """`name` must be one of ACCOUNTANTS."""
     if name not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {name!r}")
     return name
+
+
+def check_positive(name: str, value: float) -> float:
+    """`value` must be a finite number above 0; the error names `name`."""
+    value = _real(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value:g}")
+    return value
 
 
 def _grouped(events: Sequence[dp_accounting.DpEvent]) -> dp_accounting.DpEvent:
@@ -215,13 +227,6 @@ def _real(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
-
-
-def check_positive(name: str, value: float) -> float:
-    value = _real(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value:g}")
-    return value
 
 
 def _rate(name: str, value: float) -> float:

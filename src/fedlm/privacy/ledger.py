@@ -111,7 +111,8 @@ def check_event(event: dp_accounting.DpEvent) -> None:
         _check_field(type(event).__name__, name, kind, getattr(event, name))
     if isinstance(event, dp_accounting.PoissonSampledDpEvent) and not 0 < event.sampling_probability <= 1:
         raise ValueError(f"sampling_probability must be in (0, 1], got {event.sampling_probability}")
-    if isinstance(event, dp_accounting.SampledWithoutReplacementDpEvent) and event.sample_size > event.source_dataset_size:
+    fixed = isinstance(event, dp_accounting.SampledWithoutReplacementDpEvent)
+    if fixed and event.sample_size > event.source_dataset_size:
         raise ValueError(f"sample_size {event.sample_size} exceeds source_dataset_size {event.source_dataset_size}")
 
 

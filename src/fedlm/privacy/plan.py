@@ -69,10 +69,17 @@ def make_privacy_plan(privacy: PrivacySettings, federation: FederationSettings, 
         raise ValueError(f"privacy.delta = {delta:g} must be below 1 / population = {1 / population:g}")
     cohort = min(federation.clients_per_round, population)
     expected = federation.sample_rate * population if federation.sampling == "poisson" else float(cohort)
+    count_noise = privacy.count_noise_multiplier or default_count_noise(expected)
+    if privacy.adaptive_clip and 2 * count_noise <= privacy.noise_multiplier:
+        raise ValueError(
+            f"privacy.count_noise_multiplier = {count_noise:g} is too small for privacy.noise_multiplier = "
+            f"{privacy.noise_multiplier:g}: adaptive clipping's count alone would spend the whole budget; "
+            f"set it above {privacy.noise_multiplier / 2:g}"
+        )
     return PrivacyPlan(
         noise_multiplier=privacy.noise_multiplier, delta=delta, accountant=privacy.accountant,
         target_epsilon=privacy.target_epsilon, sampling=federation.sampling, sample_rate=federation.sample_rate,
         population=population, cohort=cohort, placement=privacy.placement, adaptive_clip=privacy.adaptive_clip,
         target_quantile=privacy.target_quantile, clip_lr=privacy.clip_lr,
-        count_noise=privacy.count_noise_multiplier or default_count_noise(expected),
+        count_noise=count_noise,
     )
