@@ -9,6 +9,8 @@ Zhang 2019, arXiv:1908.10530) or PLD (Doroshenko et al. 2022, arXiv:2207.04380) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dp_accounting import mechanism_calibration
 
 from fedlm.privacy.accountant import (
@@ -61,7 +63,7 @@ def calibrate_noise(
     return _tighten(cost, float(z), target, tol, high)
 
 
-def _bracket(cost, target: float, tol: float) -> tuple[float | None, float]:
+def _bracket(cost: Callable[[float], float], target: float, tol: float) -> tuple[float | None, float]:
     """(low, high) with cost(low) > target >= cost(high), doubling or halving from z = 1; low None if none."""
     high = 1.0
     while cost(high) > target:
@@ -79,7 +81,7 @@ def _bracket(cost, target: float, tol: float) -> tuple[float | None, float]:
     return low, high
 
 
-def _tighten(cost, z: float, target: float, tol: float, high: float) -> float:
+def _tighten(cost: Callable[[float], float], z: float, target: float, tol: float, high: float) -> float:
     """Make the guarantee exact: step up until within target, down while z - tol still is."""
     while cost(z) > target:  # calibrate_dp_mechanism promises this never runs; cheap to make sure
         z = min(z + tol, high)
