@@ -30,7 +30,9 @@ The baseline
     to cancel drift). fold reads each update once and reads and writes one P-vector, the
     same memory traffic pattern as this copy. np.copyto runs on one thread, while the
     saxpy inside fold may use OpenBLAS's threads (left at their default), so fold alone
-    can beat the baseline on a machine with more than one core.
+    can beat the baseline on a machine with more than one core; when other processes keep
+    the cores busy, that threaded saxpy slows down far more than the copy (seen: 10x to
+    100x on 2 cores), so the report prints the load average before and after the run.
 
 Targets (from the issue)
     - accept_update bandwidth (the sum/mean as the round engine runs it) >= 0.5 x copyto.
@@ -42,7 +44,7 @@ Checks
     exits 1 if not.
 
 How to run
-    python benchmarks/aggregation.py                      # both cases, about a minute on 2 cores
+    python benchmarks/aggregation.py                      # both cases, about a minute on 2 idle cores
     python benchmarks/aggregation.py --cases 100x1M       # one case
     python benchmarks/aggregation.py --quick              # small sizes, a few seconds (smoke check)
     python benchmarks/aggregation.py --json               # one JSON object on stdout, tables on stderr
@@ -382,11 +384,20 @@ def table(r: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def header() -> str:
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def header(load_before: list[float] | None, load_after: list[float] | None) -> str:
     env = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
     return (
         f"aggregation benchmark: python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"{os.cpu_count()} CPUs, thread env {env or 'unset'}"
+        f"{os.cpu_count()} CPUs, thread env {env or 'unset'}\n"
+        f"load average (1, 5, 15 min) before {load_before}, after {load_after}: a load above the CPU count means "
+        "other processes shared the cores, and OpenBLAS-threaded saxpy (fold) slows down sharply then"
     )
 
 
@@ -394,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gc.collect()
     gc.freeze()  # the imported modules' objects (torch's among them) stay out of the collections before each timing
+    load_before = load_average()
     start = time.perf_counter()
     results = []
     for name in args.cases:
@@ -401,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         n, p = quick if args.quick else full
         results.append(run_case(name, n, p, args))
     elapsed = time.perf_counter() - start
+    load_after = load_average()
     out = sys.stderr if args.json else sys.stdout
-    print(header(), file=out)
+    print(header(load_before, load_after), file=out)
     for r in results:
         print("", file=out)
         print(table(r, args), file=out)
@@ -419,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             "robust_repeats": min(args.robust_repeats, args.repeats),
             "targets": {"accept_vs_copyto_min": BANDWIDTH_TARGET, "step_max_s": STEP_TARGET_S, "step_case": STEP_CASE},
             "elapsed_s": elapsed,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
             "cases": results,
         }))
     ok = all(r["check_exact"] and r["check_float64"] for r in results)

@@ -218,6 +218,8 @@ class RunConfig:
                      "must be 'uniform' with differential privacy: a sample-weighted sum has no fixed sensitivity")
         _require(privacy.placement != "distributed" or self.federation.sampling == "fixed", "privacy.placement",
                  "'distributed' needs federation.sampling = 'fixed': each share is calibrated to a known cohort size")
+        _require(not (privacy.enabled and privacy.accountant == "pld" and self.federation.sampling == "fixed"),
+                 "privacy.accountant", "'pld' cannot account fixed-size sampling; use 'rdp' or federation.sampling = 'poisson'")
         _require(privacy.target_epsilon == 0 or privacy.enabled, "privacy.target_epsilon",
                  "a privacy budget needs privacy.noise_multiplier > 0")
 

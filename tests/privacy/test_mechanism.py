@@ -162,6 +162,7 @@ def test_adaptive_clipping_in_a_run_changes_the_clip_norm(tmp_path):
         ({"privacy": {"noise_multiplier": 1.0, "placement": "distributed"},
           "federation": {"sampling": "poisson", "sample_rate": 0.1}}, "privacy.placement"),
         ({"privacy": {"noise_multiplier": 0.0, "target_epsilon": 1.0}}, "privacy.target_epsilon"),
+        ({"privacy": {"noise_multiplier": 1.0, "accountant": "pld"}}, "privacy.accountant"),
     ],
 )
 def test_dp_settings_that_cannot_work_are_refused(sections, key):
