@@ -183,6 +183,23 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
+class CompressionSettings:
+    quantize_bits: int = 0  # 0 = off; 8 or 4: stochastic rounding with a scale per chunk (unbiased)
+    chunk: int = 2048  # values per quantization scale
+    rotate: bool = False  # randomized Hadamard rotation before quantizing (spreads outliers)
+    sparsify: str = "none"  # "none", "random" (a mask shared by the round's cohort), "top_k" (with error feedback)
+    fraction: float = 1.0  # sparsify: share of coordinates sent
+
+    def __post_init__(self) -> None:
+        _require(self.quantize_bits in (0, 4, 8), "compression.quantize_bits", "must be 0 (off), 4 or 8")
+        _require(self.chunk >= 1, "compression.chunk", "must be >= 1")
+        _require(not self.rotate or self.quantize_bits > 0, "compression.rotate", "only applies with compression.quantize_bits")
+        _require(self.sparsify in ("none", "random", "top_k"), "compression.sparsify", "must be 'none', 'random' or 'top_k'")
+        _require(0 < self.fraction <= 1, "compression.fraction", "must be in (0, 1]")
+        _require(self.sparsify != "none" or self.fraction == 1, "compression.fraction", "needs compression.sparsify")
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     clients: int = 16  # evaluation clients, a fixed seeded sample
     held_out_clients: bool = True  # evaluation clients never train (held-out speakers)
@@ -205,6 +222,7 @@ class RunConfig:
     client: ClientSettings = field(default_factory=ClientSettings)
     strategy: StrategySettings = field(default_factory=StrategySettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def __post_init__(self) -> None:

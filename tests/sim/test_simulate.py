@@ -49,8 +49,8 @@ def test_run_writes_run_directory_and_learns(tmp_path):
     assert json.loads((run / "summary.json").read_text()) == summary
     assert (run / "config.toml").is_file()
     assert {p.name for p in (run / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
-    # bytes on the wire: 4 bytes per float, one vector per cohort client each way
-    assert records[0]["bytes_up"] == 3 * summary["update_bytes"]
+    # bytes on the wire: a 16-byte header and 4 bytes per float, one vector per cohort client each way
+    assert records[0]["bytes_up"] == records[0]["bytes_down"] == 3 * (16 + summary["update_bytes"])
 
 
 def test_same_seed_gives_identical_results_and_another_seed_does_not():

@@ -7,6 +7,7 @@ import pytest
 
 from fedlm.aggregation.server_opt import ServerOptimizer
 from fedlm.config import LoraSettings, StrategySettings
+from fedlm.core.types import Task
 from fedlm.core.vectors import make_spec
 from fedlm.updates.build import build_pipeline
 from fedlm.updates.client import make_encoder
@@ -105,11 +106,11 @@ def test_clip_scales_to_the_bound_and_leaves_small_and_zero_updates_alone():
 
 
 def test_client_encoder_clips_in_place_and_reports_numbers_only():
-    encode = make_encoder(build({"clip_norm": 2.0}))
+    encode = make_encoder(build({"clip_norm": 2.0}), seed=0)
+    task = Task(round=1, version=0, client_id="c", clip_norm=2.0)
     vector = np.array([6, 8], np.float32)
-    metrics = encode(vector, 2.0)
+    metrics = encode(vector, task, None)
     assert vector.tolist() == pytest.approx([1.2, 1.6])
-    assert metrics == {"update_norm": pytest.approx(10.0), "unclipped": 0.0}
+    assert metrics == {"update_norm": pytest.approx(10.0), "unclipped": 0.0, "bytes_up": 16 + 8}
     small = np.array([0.6, 0.8], np.float32)
-    assert encode(small, 2.0)["unclipped"] == 1.0 and small.tolist() == pytest.approx([0.6, 0.8])
-    assert make_encoder(build()) is None
+    assert encode(small, task, None)["unclipped"] == 1.0 and small.tolist() == pytest.approx([0.6, 0.8])

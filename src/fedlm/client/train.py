@@ -118,7 +118,8 @@ def run_task(
     out: np.ndarray,
     on_step: StepCallback | None = None,
     rank: int | None = None,
-    encode: Callable[[np.ndarray, float], dict[str, float]] | None = None,
+    encode: Callable[..., dict[str, float]] | None = None,
+    residual: np.ndarray | None = None,
 ) -> Update:
     """Train one client on `task` and return its update.
 
@@ -126,7 +127,8 @@ def run_task(
     returned Update's vector *is* `out`, so the caller folds it in before the next client.
     `private_vector` is updated in place with the client's new private parameters.
     `rank` below the adapter's rank trains only the leading LoRA components; `encode`
-    runs the client side of the update pipeline (clipping, ...) on the delta in place.
+    runs the client side of the update pipeline (clipping, ...) on the delta in place;
+    `residual` is the client's error-feedback state for top-k sparsification.
     """
     adapter.write_shared(global_vector)
     adapter.write_private(private_vector)
@@ -150,5 +152,5 @@ def run_task(
     adapter.read_private(private_vector)
     metrics = {"train_loss": result.mean_loss, "last_loss": result.last_loss, "steps": result.steps, "tokens": result.tokens}
     if encode is not None:
-        metrics.update(encode(out, task.clip_norm))
+        metrics.update(encode(out, task, residual))
     return Update(task.round, task.version, task.client_id, len(train_blocks), out, metrics)

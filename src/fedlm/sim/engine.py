@@ -18,6 +18,7 @@ import numpy as np
 from fedlm.client.train import run_task
 from fedlm.core.rng import make_rng
 from fedlm.models.lora import client_rank
+from fedlm.updates import wire
 from fedlm.updates.client import make_encoder
 from fedlm.eval.metrics import EvalResult, evaluate
 from fedlm.server.rounds import (
@@ -62,16 +63,18 @@ def train_cohort(sim: Simulation, state: ServerState, rnd: OpenRound, private: d
     """Every cohort client trains in turn; each update is folded before the next one starts."""
     buffer = np.empty_like(state.global_vector)
     settings, lora = sim.config.client, sim.config.lora
-    encode = make_encoder(sim.pipeline)
+    encode = make_encoder(sim.pipeline, seed=sim.config.run.seed)
+    feedback = sim.config.compression.sparsify == "top_k"
     for index, task in enumerate(make_tasks(rnd)):
         reporter.client_started(rnd.round, index, settings.local_steps)
         own = private.setdefault(task.client_id, sim.adapter.initial_private.copy())
+        residual = sim.residuals.setdefault(task.client_id, np.zeros_like(buffer)) if feedback else None
         rank = client_rank(task.client_id, lora.client_ranks, lora.r)
         update = run_task(
             sim.adapter, task, global_vector=state.global_vector, private_vector=own,
             train_blocks=sim.train_blocks(task.client_id), settings=settings,
             seed=sim.config.run.seed, out=buffer, on_step=reporter.step_done,
-            rank=rank if rank < lora.r else None, encode=encode,
+            rank=rank if rank < lora.r else None, encode=encode, residual=residual,
         )
         accept_update(rnd, update)
         reporter.client_done(rnd.round, index)
@@ -99,6 +102,20 @@ def budget_stop(sim: Simulation, state: ServerState) -> str | None:
     )
 
 
+def traffic(rnd: OpenRound, outcome: RoundOutcome, size: int, full_model_bytes: int) -> dict[str, Any]:
+    """Bytes as they would go over the wire: the global adapter down, each encoded update up."""
+    down = wire.dense_bytes(size)
+    up = [rnd.metrics[c]["bytes_up"] for c in outcome.accepted]
+    per_client_up = float(np.mean(up)) if up else 0.0
+    return {
+        "bytes_down": down * len(rnd.cohort),
+        "bytes_up": int(sum(up)),
+        "bytes_down_per_client": down,
+        "bytes_up_per_client": per_client_up,
+        "up_vs_full_model": per_client_up / full_model_bytes,
+    }
+
+
 def round_record(rnd: OpenRound, outcome: RoundOutcome, result: EvalResult, seconds: float, size: int) -> dict[str, Any]:
     losses = [m["train_loss"] for m in rnd.metrics.values()]
     weights = [rnd.weights[c] for c in rnd.metrics]
@@ -111,8 +128,6 @@ def round_record(rnd: OpenRound, outcome: RoundOutcome, result: EvalResult, seco
         "failed": len(outcome.failed),
         "train_loss": train_loss,
         "eval": result.as_dict(),
-        "bytes_down": 4 * size * len(rnd.cohort),
-        "bytes_up": 4 * size * len(outcome.accepted),
         "seconds": round(seconds, 3),
     }
 
@@ -149,6 +164,7 @@ def simulate(
         state, outcome = close_round(state, rnd)
         evaluation = evaluate_global(sim, state)
         record = round_record(rnd, outcome, evaluation, time.perf_counter() - started, state.global_vector.size)
+        record.update(traffic(rnd, outcome, state.global_vector.size, sim.full_model_bytes))
         record.update(privacy_fields(sim, state))
         result.state, result.final_eval = state, evaluation
         result.records.append(record)

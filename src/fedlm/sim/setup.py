@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fedlm.config import RunConfig
@@ -31,7 +32,9 @@ class Simulation:
     eval_clients: tuple[str, ...]
     eval_blocks: Blocks
     pipeline: Pipeline
+    full_model_bytes: int  # the base model's weights in float32: what sending the whole model would cost
     train_cache: dict[str, Blocks] = field(default_factory=dict)
+    residuals: dict[str, np.ndarray] = field(default_factory=dict)  # top-k error feedback, client-side state
 
     def train_blocks(self, client_id: str) -> Blocks:
         """A client's training text, tokenized and packed on first use."""
@@ -74,7 +77,7 @@ def build_eval_blocks(base: BaseModel, dataset: FederatedDataset, clients: tuple
 def check_pipeline_settings(config: RunConfig, plan: PrivacyPlan | None) -> None:
     """Build the pipeline once on a dummy layout, to refuse bad combinations before the model loads."""
     dummy = make_spec([("lora_A", (1, 1)), ("lora_B", (1, 1))])
-    build_pipeline(config.strategy, config.lora, dummy, plan)
+    build_pipeline(config.strategy, config.lora, dummy, plan, config.compression)
 
 
 def prepare(config: RunConfig) -> Simulation:
@@ -91,6 +94,7 @@ def prepare(config: RunConfig) -> Simulation:
     check_pipeline_settings(config, plan)
     base = load_base_model(config.model.name)
     adapter = attach_lora(base, config.lora, seed=config.run.seed)
-    pipeline = build_pipeline(config.strategy, config.lora, adapter.shared_spec, plan)
+    pipeline = build_pipeline(config.strategy, config.lora, adapter.shared_spec, plan, config.compression)
     eval_blocks = build_eval_blocks(base, dataset, eval_clients, config)
-    return Simulation(config, base, adapter, dataset, population, eval_clients, eval_blocks, pipeline)
+    full_model_bytes = 4 * sum(p.numel() for n, p in adapter.model.named_parameters() if "lora_" not in n)
+    return Simulation(config, base, adapter, dataset, population, eval_clients, eval_blocks, pipeline, full_model_bytes)

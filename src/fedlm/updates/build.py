@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedlm.aggregation.server_opt import ServerOptimizer
-from fedlm.config import LoraSettings, StrategySettings
+from fedlm.config import CompressionSettings, LoraSettings, StrategySettings
 from fedlm.core.vectors import Spec
 from fedlm.privacy.accountant import update_noise_for
 from fedlm.privacy.plan import PrivacyPlan
@@ -53,11 +53,26 @@ def privacy_steps(plan: PrivacyPlan | None) -> tuple[list[Step], list[Step]]:
     return [], [Step("central_noise", Stage.CENTRAL_NOISE, params=z)]
 
 
+def compression_steps(compression: CompressionSettings) -> list[Step]:
+    """Sparsify, then quantize what is kept. A random mask is the same for the whole cohort, so
+    masked updates still sum coordinate-wise; top-k and per-client quantization scales are not sums."""
+    steps = []
+    if compression.sparsify == "random":
+        steps.append(Step("random_mask", Stage.SPARSIFY, params=(("fraction", compression.fraction),)))
+    elif compression.sparsify == "top_k":
+        steps.append(Step("top_k", Stage.SPARSIFY, summable=False, params=(("fraction", compression.fraction),)))
+    if compression.quantize_bits:
+        params = (("bits", compression.quantize_bits), ("chunk", compression.chunk), ("rotate", float(compression.rotate)))
+        steps.append(Step("quantize", Stage.QUANTIZE, summable=False, params=params))
+    return steps
+
+
 def build_pipeline(
     strategy: StrategySettings,
     lora: LoraSettings,
     spec: Spec,
     privacy: PrivacyPlan | None = None,
+    compression: CompressionSettings | None = None,
 ) -> Pipeline:
     """The chain: [clip] -> [noise share] => [norm bound] => aggregator -> [central noise] -> server optimizer.
 
@@ -70,6 +85,7 @@ def build_pipeline(
     if strategy.clip_norm > 0:
         steps.append(Step("clip", Stage.CLIP, params=(("clip_norm", strategy.clip_norm),)))
     steps += client_dp
+    steps += compression_steps(compression or CompressionSettings())
     if strategy.norm_bound > 0:
         steps.append(Step("norm_bound", Stage.INGRESS, summable=False, params=(("max_norm", strategy.norm_bound),)))
     aggregator = aggregator_step(strategy, lora)

@@ -34,7 +34,8 @@ class Stage(enum.IntEnum):
 
     CLIP = 10  # client: bound each update's L2 norm
     NOISE_SHARE = 20  # client: distributed DP noise share
-    QUANTIZE = 30  # client: to integers for transport / secure sum
+    SPARSIFY = 25  # client: keep a share of the coordinates
+    QUANTIZE = 30  # client: to few bits for transport (optionally rotated first)
     MASK = 40  # client: secure-aggregation mask
     INGRESS = 50  # server, per update before aggregation (norm bound)
     AGGREGATE = 60  # server: sum/mean or a robust statistic
@@ -44,7 +45,7 @@ class Stage(enum.IntEnum):
     OPTIMIZE = 100  # server optimizer on the mean
 
 
-CLIENT_STAGES = {Stage.CLIP, Stage.NOISE_SHARE, Stage.QUANTIZE, Stage.MASK}
+CLIENT_STAGES = {Stage.CLIP, Stage.NOISE_SHARE, Stage.SPARSIFY, Stage.QUANTIZE, Stage.MASK}
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,21 @@ def _check_secure_sum(steps: tuple[Step, ...]) -> None:
 
 
 def _check_noise_follows_clip(steps: tuple[Step, ...]) -> None:
+    """Gaussian noise is calibrated to the clip norm: it needs a clip before it, a sum after it,
+    and nothing in between that can raise an update's norm past the clip (sparsifying rescales
+    kept values, stochastic rounding can round up, error feedback adds old residuals)."""
     noise = [s for s in steps if s.stage in (Stage.NOISE_SHARE, Stage.CENTRAL_NOISE)]
     clip = next((s for s in steps if s.stage == Stage.CLIP), None)
     for n in noise:
         if clip is None:
             raise PipelineError(f"{n.name} needs a clip step before it: noise is calibrated to the clipped norm")
         for other in steps:
-            if not other.summable:
+            if other.stage in (Stage.SPARSIFY, Stage.QUANTIZE):
+                raise PipelineError(
+                    f"{other.name} cannot be combined with {n.name}: it can raise an update's norm past the clip"
+                    " norm the noise is calibrated to; turn compression off with differential privacy"
+                )
+            if other.stage == Stage.AGGREGATE and not other.summable:
                 raise PipelineError(
                     f"{other.name} cannot be combined with {n.name}: Gaussian noise protects a sum of clipped"
                     f" updates, and {other.name} is not a sum; use strategy.aggregator = 'mean'"
