@@ -141,10 +141,15 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
 
 def test_adaptive_clipping_moves_the_norm_toward_the_quantile():
     # All 10 unclipped with target quantile 0.5: C shrinks by exp(-0.2 * (1 - 0.5))
-    new, fraction = next_clip_norm(1.0, 10, expected_cohort=10, target_quantile=0.5, lr=0.2, count_std=0.0)
+    new, fraction = next_clip_norm(1.0, 10, arrived=10, expected_cohort=10, target_quantile=0.5, lr=0.2, count_std=0.0)
     assert fraction == 1.0 and new == pytest.approx(np.exp(-0.1))
-    grown, _ = next_clip_norm(1.0, 0, expected_cohort=10, target_quantile=0.5, lr=0.2, count_std=0.0)
+    grown, _ = next_clip_norm(1.0, 0, arrived=10, expected_cohort=10, target_quantile=0.5, lr=0.2, count_std=0.0)
     assert grown == pytest.approx(np.exp(0.1))
+    # centred bits: 6 arrivals, all unclipped, 10 expected -> (6 - 3) / 10 + 1/2 = 0.8
+    _, partial = next_clip_norm(1.0, 6, arrived=6, expected_cohort=10, target_quantile=0.5, lr=0.2, count_std=0.0)
+    assert partial == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="unclipped"):
+        next_clip_norm(1.0, 7, arrived=6, expected_cohort=10, target_quantile=0.5, lr=0.2, count_std=0.0)
 
 
 def test_adaptive_clipping_in_a_run_changes_the_clip_norm(tmp_path):
@@ -183,3 +188,9 @@ def test_delta_must_be_below_one_over_population():
 def test_adaptive_clipping_with_too_little_count_noise_names_the_setting():
     with pytest.raises(ValueError, match="privacy.count_noise_multiplier"):
         prepare(dp_config(privacy={"noise_multiplier": 1.0, "adaptive_clip": True, "count_noise_multiplier": 0.5}))
+
+
+def test_server_norm_bound_after_noise_shares_is_refused():
+    with pytest.raises(PipelineError, match="norm_bound cannot be combined with noise_share"):
+        prepare(dp_config(strategy={"clip_norm": 1.0, "weighting": "uniform", "norm_bound": 0.5},
+                          privacy={"noise_multiplier": 1.0, "placement": "distributed"}))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.linalg import hadamard as hadamard_matrix
 
-from fedlm.updates.clip import l2_norm
+from fedlm.aggregation.robust import l2_norm
 from fedlm.updates.rotate import padded_size, random_signs, rotate, unrotate
 
 

@@ -175,7 +175,7 @@ def krum(updates: np.ndarray, *, num_byzantine: int) -> tuple[np.ndarray, np.nda
     return multi_krum(updates, num_byzantine=num_byzantine, num_selected=1)
 
 
-def _l2_norm(vector: np.ndarray) -> float:
+def l2_norm(vector: np.ndarray) -> float:
     # einsum accumulates in float64 through a small buffer: no float64 copy of the vector
     return math.sqrt(float(np.einsum("i,i->", vector, vector, dtype=np.float64)))
 
@@ -199,7 +199,7 @@ def bound_norm(
             raise ValueError(f"out must be a float32 numpy array of shape {vector.shape}")
         if not out.flags.writeable:
             raise ValueError("out is read-only")
-    norm = _l2_norm(vector)
+    norm = l2_norm(vector)
     if not math.isfinite(norm):
         raise ValueError("vector contains non-finite values")
     if out is None:

@@ -133,8 +133,15 @@ def check_update(rnd: OpenRound, update: Update) -> None:
     norm = squared**0.5
     if weight * norm > MAX_WEIGHTED_MAGNITUDE:
         raise UpdateRejected(f"update from {who} is too large: weight {weight:.3g} x norm {norm:.3g}")
+    bad = [k for k, v in update.metrics.items() if not isinstance(k, str) or not _is_finite_number(v)]
+    if bad:
+        raise UpdateRejected(f"update from {who} has metrics that are not finite numbers: {bad[:3]}")
     if is_adaptive(rnd.pipeline) and update.metrics.get("unclipped") not in (0, 1):
         raise UpdateRejected(f"update from {who} lacks the 0/1 'unclipped' bit that adaptive clipping counts")
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def is_adaptive(pipeline: Pipeline) -> bool:
@@ -182,7 +189,7 @@ def close_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, RoundO
     clip_norm = state.clip_norm
     if plan is not None and plan.adaptive_clip:
         clip_norm, _ = next_clip_norm(
-            state.clip_norm, rnd.unclipped, expected_cohort=plan.expected_cohort, target_quantile=plan.target_quantile,
+            state.clip_norm, rnd.unclipped, arrived=len(accepted), expected_cohort=plan.expected_cohort, target_quantile=plan.target_quantile,
             lr=plan.clip_lr, count_std=plan.count_noise,
         )
     if not accepted and plan is None:

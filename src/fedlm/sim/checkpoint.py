@@ -22,12 +22,16 @@ from fedlm.server.rounds import ServerState
 
 CHECKPOINT_DIR = "checkpoint"
 PRIVATE_PREFIX = "private/"
+RESIDUAL_PREFIX = "residual/"
 
 
-def save_checkpoint(run_dir: Path, state: ServerState, private: dict[str, np.ndarray]) -> None:
+def save_checkpoint(
+    run_dir: Path, state: ServerState, private: dict[str, np.ndarray], residuals: dict[str, np.ndarray] | None = None
+) -> None:
     arrays = {"global": state.global_vector}
     arrays.update({f"opt/{i}": m for i, m in enumerate(state.opt_state)})
     arrays.update({PRIVATE_PREFIX + cid: v for cid, v in private.items() if v.size})
+    arrays.update({RESIDUAL_PREFIX + cid: v for cid, v in (residuals or {}).items()})
     meta = {
         "version": state.version,
         "rounds_done": state.rounds_done,
@@ -51,7 +55,16 @@ def save_checkpoint(run_dir: Path, state: ServerState, private: dict[str, np.nda
 
 def load_checkpoint(run_dir: Path) -> tuple[ServerState, dict[str, np.ndarray]]:
     """The state saved after the last completed round, and the clients' private parameters."""
+    state, private, _ = load_checkpoint_full(run_dir)
+    return state, private
+
+
+def load_checkpoint_full(run_dir: Path) -> tuple[ServerState, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """State, private parameters and error-feedback residuals; falls back to the previous
+    checkpoint if a crash hit between replacing the old one and publishing the new one."""
     folder = Path(run_dir) / CHECKPOINT_DIR
+    if not (folder / "state.json").is_file():
+        folder = Path(run_dir) / (CHECKPOINT_DIR + ".old")
     if not (folder / "state.json").is_file():
         raise ValueError(f"{run_dir} has no checkpoint to resume from")
     meta = json.loads((folder / "state.json").read_text())
@@ -65,4 +78,5 @@ def load_checkpoint(run_dir: Path) -> tuple[ServerState, dict[str, np.ndarray]]:
         ledger=PrivacyLedger.from_json(json.dumps(meta["ledger"])),
     )
     private = {k[len(PRIVATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(PRIVATE_PREFIX)}
-    return state, private
+    residuals = {k[len(RESIDUAL_PREFIX):]: v for k, v in arrays.items() if k.startswith(RESIDUAL_PREFIX)}
+    return state, private, residuals

@@ -105,7 +105,7 @@ def budget_stop(sim: Simulation, state: ServerState) -> str | None:
 def traffic(rnd: OpenRound, outcome: RoundOutcome, size: int, full_model_bytes: int) -> dict[str, Any]:
     """Bytes as they would go over the wire: the global adapter down, each encoded update up."""
     down = wire.dense_bytes(size)
-    up = [rnd.metrics[c]["bytes_up"] for c in outcome.accepted]
+    up = [rnd.metrics[c].get("bytes_up", down) for c in outcome.accepted]
     per_client_up = float(np.mean(up)) if up else 0.0
     return {
         "bytes_down": down * len(rnd.cohort),
@@ -117,8 +117,9 @@ def traffic(rnd: OpenRound, outcome: RoundOutcome, size: int, full_model_bytes: 
 
 
 def round_record(rnd: OpenRound, outcome: RoundOutcome, result: EvalResult, seconds: float, size: int) -> dict[str, Any]:
-    losses = [m["train_loss"] for m in rnd.metrics.values()]
-    weights = [rnd.weights[c] for c in rnd.metrics]
+    reported = [c for c, m in rnd.metrics.items() if "train_loss" in m]
+    losses = [rnd.metrics[c]["train_loss"] for c in reported]
+    weights = [rnd.weights[c] for c in reported]
     train_loss = float(np.average(losses, weights=weights)) if losses else None
     return {
         "round": outcome.round,

@@ -9,15 +9,16 @@ summary.json says how the run ended.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedlm.config import RunConfig
+from fedlm.config import RunConfig, load_config
 from fedlm.models.lora import export_adapter
 from fedlm.server.rounds import ServerState, initial_state
-from fedlm.sim.checkpoint import load_checkpoint, save_checkpoint
+from fedlm.sim.checkpoint import load_checkpoint_full, save_checkpoint
 from fedlm.sim.engine import RunResult, privacy_fields, simulate
 from fedlm.sim.events import Reporter
 from fedlm.sim.rundir import (
@@ -26,6 +27,7 @@ from fedlm.sim.rundir import (
     append_metrics,
     check_run_dir,
     make_run_dir,
+    truncate_metrics,
     write_config,
     write_summary,
 )
@@ -58,11 +60,19 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
     return summary
 
 
+def check_resume_config(saved: RunConfig, config: RunConfig) -> None:
+    """A resumed run may only run longer: any other change would break the ledger or the optimizer state."""
+    if replace(config, federation=replace(config.federation, rounds=saved.federation.rounds)) != saved:
+        raise ValueError("--resume may change federation.rounds only; every other setting must match the run's config.toml")
+
+
 def resume_state(sim: Simulation, out: Path) -> tuple[ServerState, dict[str, np.ndarray]]:
-    state, private = load_checkpoint(out)
+    state, private, residuals = load_checkpoint_full(out)
     if state.global_vector.size != sim.adapter.shared_spec.size:
         raise ValueError(f"{out}'s checkpoint holds {state.global_vector.size} values; this config's adapter has "
                          f"{sim.adapter.shared_spec.size}: resume with the run's own config")
+    sim.residuals.update(residuals)
+    truncate_metrics(out, state.rounds_done)
     return state, private
 
 
@@ -72,7 +82,9 @@ def run_simulation(
     """Prepare, simulate every round, export the adapter and write summary.json; returns the summary."""
     if resume and not (Path(out) / CONFIG_FILE).is_file():
         raise ValueError(f"--resume needs a run directory; {out} holds no {CONFIG_FILE}")
-    if not resume:
+    if resume:
+        check_resume_config(load_config(Path(out) / CONFIG_FILE), config)
+    else:
         check_run_dir(out, overwrite=overwrite)
     started = time.perf_counter()
     sim = prepare(config)
@@ -87,8 +99,10 @@ def run_simulation(
     last: dict[str, Any] = {"state": first, "eval": None}
 
     def on_record(record: dict[str, Any], state: ServerState) -> None:
+        # the checkpoint (with the ledger) first: a crash after it loses only a metrics line,
+        # never a released round that the ledger does not hold
+        save_checkpoint(out, state, private, sim.residuals)
         append_metrics(out, record)
-        save_checkpoint(out, state, private)
         last["state"], last["eval"] = state, record
 
     result, status = None, "failed"

@@ -57,3 +57,11 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     tmp = path / (SUMMARY_FILE + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path / SUMMARY_FILE)
+
+
+def truncate_metrics(path: Path, rounds_done: int) -> None:
+    """Drop metrics lines of rounds after `rounds_done` (a crash after the line, before the checkpoint)."""
+    kept = [r for r in read_metrics(path) if r["round"] <= rounds_done] if (Path(path) / METRICS_FILE).exists() else []
+    tmp = Path(path) / (METRICS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    os.replace(tmp, Path(path) / METRICS_FILE)

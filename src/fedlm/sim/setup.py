@@ -74,10 +74,27 @@ def build_eval_blocks(base: BaseModel, dataset: FederatedDataset, clients: tuple
     return concat_blocks(parts, seq_len).head(config.eval.max_sequences)
 
 
-def check_pipeline_settings(config: RunConfig, plan: PrivacyPlan | None) -> None:
+def check_pipeline_settings(config: RunConfig, plan: PrivacyPlan | None, population: int) -> None:
     """Build the pipeline once on a dummy layout, to refuse bad combinations before the model loads."""
     dummy = make_spec([("lora_A", (1, 1)), ("lora_B", (1, 1))])
     build_pipeline(config.strategy, config.lora, dummy, plan, config.compression)
+    check_krum_cohort(config, population)
+
+
+def check_krum_cohort(config: RunConfig, population: int) -> None:
+    """Krum needs a cohort of at least 2f + 3, known before any client trains."""
+    strategy = config.strategy
+    if strategy.aggregator not in ("krum", "multi_krum"):
+        return
+    if config.federation.sampling != "fixed":
+        raise ValueError(f"strategy.aggregator = {strategy.aggregator!r} needs federation.sampling = 'fixed': "
+                         "a Poisson cohort can be smaller than Krum's 2f + 3")
+    cohort, f = min(config.federation.clients_per_round, population), strategy.num_byzantine
+    if cohort < 2 * f + 3:
+        raise ValueError(f"strategy.num_byzantine = {f} needs a cohort of at least {2 * f + 3}; "
+                         f"federation.clients_per_round gives {cohort}")
+    if strategy.krum_selected > cohort - f:
+        raise ValueError(f"strategy.krum_selected = {strategy.krum_selected} exceeds cohort - f = {cohort - f}")
 
 
 def prepare(config: RunConfig) -> Simulation:
@@ -91,7 +108,7 @@ def prepare(config: RunConfig) -> Simulation:
     dataset = load_dataset(config)
     population, eval_clients = split_population(dataset, config)
     plan = make_privacy_plan(config.privacy, config.federation, len(population))
-    check_pipeline_settings(config, plan)
+    check_pipeline_settings(config, plan, len(population))
     base = load_base_model(config.model.name)
     adapter = attach_lora(base, config.lora, seed=config.run.seed)
     pipeline = build_pipeline(config.strategy, config.lora, adapter.shared_spec, plan, config.compression)

@@ -146,6 +146,11 @@ def _check_noise_follows_clip(steps: tuple[Step, ...]) -> None:
                     f"{other.name} cannot be combined with {n.name}: it can raise an update's norm past the clip"
                     " norm the noise is calibrated to; turn compression off with differential privacy"
                 )
+            if other.stage == Stage.INGRESS:
+                raise PipelineError(
+                    f"{other.name} cannot be combined with {n.name}: it rescales single updates, noise shares"
+                    " included, which would shrink the noise the privacy accounting counts on"
+                )
             if other.stage == Stage.AGGREGATE and not other.summable:
                 raise PipelineError(
                     f"{other.name} cannot be combined with {n.name}: Gaussian noise protects a sum of clipped"
@@ -165,6 +170,9 @@ def make_pipeline(
     if weighting not in WEIGHTINGS:
         raise PipelineError(f"unknown weighting {weighting!r}; known: {WEIGHTINGS}")
     check_chain(steps, optimizer)
+    if privacy is not None and weighting != "uniform":
+        raise PipelineError(f"differential privacy needs uniform weighting, not {weighting!r}: "
+                            "a sample-weighted sum has no fixed sensitivity")
     if any(s.name == "lora_svd" for s in steps) and spec is None:
         raise PipelineError("the lora_svd aggregator needs the update's spec")
     return Pipeline(steps, optimizer, weighting, spec, privacy)
