@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from fedlm.aggregation.lora_modes import factor_weighted_sum, lora_pairs, product, svd_aggregate
+from fedlm.core.types import Update
 from fedlm.core.vectors import flatten, make_spec
+from fedlm.server.rounds import accept_update, close_round, initial_state, open_round
 
 OUT, IN, R = 5, 4, 4
 SPEC = make_spec([("l.lora_A.w", (R, IN)), ("l.lora_B.w", (OUT, R))])
@@ -66,24 +68,45 @@ def test_svd_truncation_is_the_best_rank_r_approximation():
     np.testing.assert_allclose(np.linalg.norm(new_b, axis=0), np.linalg.norm(new_a, axis=1), rtol=1e-4)
 
 
-def test_fedit_averaging_of_factors_is_not_the_mean_of_products():
+def fedavg_round(global_vector, client_vectors, weights):
+    """One plain FedAvg round through the round engine (what fedit and ffa use)."""
+    state = initial_state(global_vector)
+    names = tuple(f"c{i}" for i in range(len(client_vectors)))
+    rnd = open_round(state, names)
+    for name, vector, w in zip(names, client_vectors, weights, strict=True):
+        accept_update(rnd, Update(rnd.round, rnd.version, name, int(w), vector - global_vector))
+    return close_round(state, rnd)[0].global_vector
+
+
+def test_fedit_round_is_not_the_mean_of_products():
+    # Prepare: two clients that trained both factors from a zero global
     rng = np.random.default_rng(3)
+    global_vector = np.zeros(SPEC.size, np.float32)
     clients = [factors(rng, R) for _ in range(2)]
-    averaged = (clients[0] + clients[1]) / 2  # what fedit sends back: mean A, mean B
+    # Execute
+    new_global = fedavg_round(global_vector, clients, [1, 1])
+    # Assert: B.A of the averaged factors misses the mean of the clients' B.A by far
     exact = (product(SPEC, clients[0])[KEY] + product(SPEC, clients[1])[KEY]) / 2
-    gap = np.linalg.norm(product(SPEC, averaged)[KEY] - exact) / np.linalg.norm(exact)
+    gap = np.linalg.norm(product(SPEC, new_global)[KEY] - exact) / np.linalg.norm(exact)
     assert gap > 0.1
 
 
-def test_ffa_averaging_b_with_a_shared_frozen_a_is_exact():
-    # FFA-LoRA: every client holds the same A, so mean(B_i) A == mean(B_i A).
+def test_ffa_round_with_a_shared_frozen_a_is_exact():
+    # Prepare: every client holds the global A (frozen); only B differs
     rng = np.random.default_rng(4)
-    a = rng.normal(size=(R, IN))
-    bs = [rng.normal(size=(OUT, R)) for _ in range(3)]
-    weights = np.array([1.0, 2.0, 3.0])
-    mean_b = sum(w * b for w, b in zip(weights, bs, strict=True)) / weights.sum()
-    exact = sum(w * b @ a for w, b in zip(weights, bs, strict=True)) / weights.sum()
-    np.testing.assert_allclose(mean_b @ a, exact, atol=1e-10)
+    global_vector = factors(rng, R)
+    a_slice = slice(0, R * IN)
+    clients = []
+    for _ in range(3):
+        c = factors(rng, R)
+        c[a_slice] = global_vector[a_slice]
+        clients.append(c)
+    weights = [1, 2, 3]
+    # Execute
+    new_global = fedavg_round(global_vector, clients, weights)
+    # Assert: the new global's B.A is exactly the weighted mean of the clients' B.A
+    exact = sum(w * product(SPEC, c)[KEY] for w, c in zip(weights, clients, strict=True)) / sum(weights)
+    np.testing.assert_allclose(product(SPEC, new_global)[KEY], exact, atol=1e-5)
 
 
 def test_inputs_are_not_modified_and_bad_inputs_are_refused():
