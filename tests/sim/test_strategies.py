@@ -10,7 +10,7 @@ from fedlm.cli.main import app
 from fedlm.config import LoraSettings, StrategySettings, config_from_dict
 from fedlm.core.types import Update
 from fedlm.core.vectors import make_spec
-from fedlm.server.rounds import accept_update, close_round, initial_state, open_round
+from fedlm.server.rounds import UpdateRejected, accept_update, close_round, initial_state, open_round
 from fedlm.sim.engine import simulate
 from fedlm.sim.setup import prepare
 from fedlm.updates.build import build_pipeline
@@ -110,3 +110,25 @@ def test_cli_refuses_an_impossible_combination_before_loading_anything(tmp_path)
     assert result.exit_code == 2
     assert "svd" in result.output and "adam" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_rejected_update_leaves_a_robust_round_and_its_stack_unchanged():
+    # Prepare: a median round holding one accepted row
+    spec = make_spec([("w", (3,))])
+    pipeline = build_pipeline(StrategySettings(aggregator="median"), LoraSettings(), spec)
+    state = initial_state(np.zeros(3, np.float32), pipeline)
+    rnd = open_round(state, ("a", "b", "c"), pipeline)
+    accept_update(rnd, Update(rnd.round, rnd.version, "a", 5, np.ones(3, np.float32)))
+    before = (rnd.stack.tobytes(), dict(rnd.weights), rnd.total.tobytes())
+    # Execute: a NaN update and a replay are refused
+    for bad in (Update(rnd.round, rnd.version, "b", 5, np.array([1, np.nan, 0], np.float32)),
+                Update(rnd.round, rnd.version, "a", 5, np.ones(3, np.float32))):
+        with pytest.raises(UpdateRejected):
+            accept_update(rnd, bad)
+    # Assert
+    assert (rnd.stack.tobytes(), dict(rnd.weights), rnd.total.tobytes()) == before
+
+
+def test_krum_cohort_too_small_is_refused_before_training():
+    with pytest.raises(ValueError, match="at least 5"):
+        prepare(tiny(strategy={"aggregator": "krum", "num_byzantine": 1}))
