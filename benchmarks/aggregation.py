@@ -13,8 +13,8 @@ What it measures
         bandwidth = N * P * 4 bytes of update data / seconds.
       - fold alone: `fedlm.aggregation.mean.fold` (BLAS saxpy) of the same N vectors into
         one accumulator, with the same weights: the arithmetic of the sum, nothing else.
-      - check_update alone, and the numpy passes it makes (np.isfinite(v).all(), and
-        v.max() + v.min()), so that the validation's share of accept_update is visible.
+      - check_update alone (one BLAS dot per update catches NaN, inf and oversized
+        values), so that the validation's share of accept_update is visible.
       - fedavg: open_round, the N accept_update calls, close_round. The "fold bandwidth" of
         the issue is N * P * 4 bytes / the time of the N accept_update calls; the "server
         step" is accept (all N) + close_round.
@@ -173,22 +173,6 @@ def time_check(state, cohort, updates: list[Update]) -> float:
     return timed(go)
 
 
-def time_isfinite(rows: np.ndarray) -> float:
-    def go() -> None:
-        for row in rows:
-            np.isfinite(row).all()
-
-    return timed(go)
-
-
-def time_minmax(rows: np.ndarray) -> float:
-    def go() -> None:
-        for row in rows:
-            max(abs(float(row.max())), abs(float(row.min())))
-
-    return timed(go)
-
-
 def time_round(global_vector: np.ndarray, pipeline: Pipeline, cohort, updates: list[Update]) -> tuple[dict, np.ndarray]:
     """One round through the engine: seconds of open, accept (all N), close; and the new global."""
     state = initial_state(global_vector, pipeline)
@@ -239,14 +223,12 @@ def run_case(name: str, n: int, p: int, args: argparse.Namespace) -> dict:
         "copyto": lambda: time_copyto(rows, dst),
         "fold": lambda: time_fold(rows, weights, total),
         "check_update": lambda: time_check(fed_state, cohort, updates),
-        "isfinite": lambda: time_isfinite(rows),
-        "minmax": lambda: time_minmax(rows),
     }
     for vname, (pipeline, _) in variants.items():
         pieces[vname] = (lambda pl=pipeline: time_round(global_vector, pl, cohort, updates))
 
     log(f"[{name}] warm-up ...")
-    for key in ("copyto", "fold", "check_update", "isfinite", "minmax", "fedavg"):
+    for key in ("copyto", "fold", "check_update", "fedavg"):
         pieces[key]()
 
     # Correctness: the engine's FedAvg equals the fold-alone sum over the weight sum, exactly.
@@ -263,7 +245,7 @@ def run_case(name: str, n: int, p: int, args: argparse.Namespace) -> dict:
     measured: dict[str, list] = {key: [] for key in pieces}
     for repeat in range(args.repeats):
         order = [k for k, (_, is_robust) in variants.items() if not is_robust or repeat < args.robust_repeats]
-        order = ["copyto", "fold", "check_update", "isfinite", "minmax", *order]
+        order = ["copyto", "fold", "check_update", *order]
         if repeat % 2:
             order.reverse()
         for key in order:
@@ -277,7 +259,7 @@ def run_case(name: str, n: int, p: int, args: argparse.Namespace) -> dict:
         )
 
     passes = {}
-    for key in ("copyto", "fold", "check_update", "isfinite", "minmax"):
+    for key in ("copyto", "fold", "check_update"):
         s = summary(measured[key])
         s["gb_per_s"] = nbytes / s["median"] / 1e9
         passes[key] = s
@@ -345,8 +327,6 @@ def table(r: dict, args: argparse.Namespace) -> str:
         "copyto": "np.copyto (baseline)",
         "fold": "fold alone (mean.fold, saxpy)",
         "check_update": "check_update alone",
-        "isfinite": "  of which np.isfinite(v).all()",
-        "minmax": "  of which v.max() + v.min()",
     }
     for key, label in labels.items():
         s = ps[key]
