@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fedlm.config import ConfigError, config_from_dict
+from fedlm.config import ConfigError, apply_overrides, config_from_dict
 from fedlm.privacy.accountant import epsilon_of, gaussian_round_event
 from fedlm.privacy.adaptive_clip import next_clip_norm
 from fedlm.privacy.noise import secure_gaussian, secure_uniform
@@ -19,19 +19,20 @@ from fedlm.sim.setup import prepare
 from fedlm.updates.pipeline import PipelineError
 
 
+BASE = config_from_dict({
+    "model": {"name": "tiny"},
+    "data": {"seq_len": 64},
+    "federation": {"rounds": 3, "clients_per_round": 3},
+    "client": {"local_steps": 2, "batch_size": 2, "lr": 5e-3},
+    "strategy": {"clip_norm": 0.5, "weighting": "uniform"},
+    "privacy": {"noise_multiplier": 1.0},
+    "eval": {"clients": 2, "max_sequences": 4},
+})
+
+
 def dp_config(**sections):
-    data = {
-        "model": {"name": "tiny"},
-        "data": {"seq_len": 64},
-        "federation": {"rounds": 3, "clients_per_round": 3},
-        "client": {"local_steps": 2, "batch_size": 2, "lr": 5e-3},
-        "strategy": {"clip_norm": 0.5, "weighting": "uniform"},
-        "privacy": {"noise_multiplier": 1.0},
-        "eval": {"clients": 2, "max_sequences": 4},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_dict(data)
+    """The base run with some tables' settings replaced."""
+    return apply_overrides(BASE, sections)
 
 
 def test_secure_noise_has_the_requested_std_and_no_repeats():

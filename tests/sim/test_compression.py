@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from fedlm.config import config_from_dict
+from fedlm.config import apply_overrides, config_from_dict
 from fedlm.sim.engine import simulate
 from fedlm.sim.setup import prepare
 from fedlm.updates import wire
 
 
+BASE = config_from_dict({
+    "model": {"name": "tiny"},
+    "data": {"seq_len": 64},
+    "federation": {"rounds": 3, "clients_per_round": 3},
+    "client": {"local_steps": 3, "batch_size": 2, "lr": 5e-3},
+    "eval": {"clients": 2, "max_sequences": 8},
+})
+
+
 def tiny(**sections):
-    data = {
-        "model": {"name": "tiny"},
-        "data": {"seq_len": 64},
-        "federation": {"rounds": 3, "clients_per_round": 3},
-        "client": {"local_steps": 3, "batch_size": 2, "lr": 5e-3},
-        "eval": {"clients": 2, "max_sequences": 8},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_dict(data)
+    """The base run with some tables' settings replaced."""
+    return apply_overrides(BASE, sections)
 
 
 def test_eight_bit_updates_match_the_uncompressed_loss_at_a_quarter_of_the_bytes():

@@ -11,7 +11,7 @@ from peft import PeftModel
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM
 
-from fedlm.config import config_from_dict
+from fedlm.config import apply_overrides, config_from_dict
 from fedlm.eval.metrics import evaluate
 from fedlm.models.base import load_base_model
 from fedlm.sim import engine
@@ -21,17 +21,18 @@ from fedlm.sim.run import run_simulation
 from fedlm.sim.setup import build_eval_blocks, load_dataset, prepare, split_population
 
 
+BASE = config_from_dict({
+    "model": {"name": "tiny"},
+    "data": {"seq_len": 64},
+    "federation": {"rounds": 2, "clients_per_round": 3},
+    "client": {"local_steps": 3, "batch_size": 2, "lr": 5e-3},
+    "eval": {"clients": 2, "max_sequences": 8},
+})
+
+
 def tiny_config(**sections):
-    data = {
-        "model": {"name": "tiny"},
-        "data": {"seq_len": 64},
-        "federation": {"rounds": 2, "clients_per_round": 3},
-        "client": {"local_steps": 3, "batch_size": 2, "lr": 5e-3},
-        "eval": {"clients": 2, "max_sequences": 8},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_dict(data)
+    """The base run with some tables' settings replaced."""
+    return apply_overrides(BASE, sections)
 
 
 def test_run_writes_run_directory_and_learns(tmp_path):

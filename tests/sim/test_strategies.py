@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedlm.cli.main import app
-from fedlm.config import LoraSettings, StrategySettings, config_from_dict
+from fedlm.config import LoraSettings, StrategySettings, apply_overrides, config_from_dict
 from fedlm.core.types import Update
 from fedlm.core.vectors import make_spec
 from fedlm.server.rounds import UpdateRejected, accept_update, close_round, initial_state, open_round
@@ -16,17 +16,18 @@ from fedlm.sim.setup import prepare
 from fedlm.updates.build import build_pipeline
 
 
+BASE = config_from_dict({
+    "model": {"name": "tiny"},
+    "data": {"seq_len": 64},
+    "federation": {"rounds": 2, "clients_per_round": 3},
+    "client": {"local_steps": 2, "batch_size": 2, "lr": 5e-3},
+    "eval": {"clients": 2, "max_sequences": 4},
+})
+
+
 def tiny(**sections):
-    data = {
-        "model": {"name": "tiny"},
-        "data": {"seq_len": 64},
-        "federation": {"rounds": 2, "clients_per_round": 3},
-        "client": {"local_steps": 2, "batch_size": 2, "lr": 5e-3},
-        "eval": {"clients": 2, "max_sequences": 4},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_dict(data)
+    """The base run with some tables' settings replaced."""
+    return apply_overrides(BASE, sections)
 
 
 @pytest.mark.parametrize(
