@@ -1,0 +1,90 @@
+"""The typed messages of one SecAgg+ round, in the order they travel.
+
+    server -> client   RoundParameters   cohort, neighbours, threshold, encoding
+    client -> server   KeysAdvert        two X25519 public keys
+    server -> client   NeighbourKeys     the neighbours' public keys
+    client -> server   SealedShares      shares of its seed and masking key, one sealed box per neighbour
+    server -> client   SharesForYou      the boxes addressed to it
+    client -> server   MaskedInput       its encoded update plus masks, mod 2^32
+    server -> client   UnmaskRequest     who survived, who dropped
+    client -> server   UnmaskShares      seed shares of survivors, key shares of the dropped
+
+The protocol code only builds and checks these; moving them (in process, over HTTP) is
+the caller's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedlm.secagg.encoding import FixedPoint
+
+
+class SecAggError(ValueError):
+    """A message that breaks the protocol: wrong round or stage, unknown sender, bad shape."""
+
+
+class RoundFailed(RuntimeError):
+    """Too few clients survived to recover the sum; nothing is released for this round."""
+
+
+@dataclass(frozen=True)
+class RoundParameters:
+    round: int
+    cohort: tuple[str, ...]  # sorted; a client's Shamir point is its position + 1
+    neighbours: tuple[str, ...]
+    threshold: int
+    size: int
+    encoding: FixedPoint
+
+
+@dataclass(frozen=True)
+class KeysAdvert:
+    client: str
+    round: int
+    cipher_public: bytes  # seals the shares sent to this client
+    mask_public: bytes  # agrees the pairwise mask seeds
+
+
+@dataclass(frozen=True)
+class NeighbourKeys:
+    round: int
+    keys: dict[str, tuple[bytes, bytes]]  # neighbour -> (cipher_public, mask_public)
+
+
+@dataclass(frozen=True)
+class SealedShares:
+    client: str
+    round: int
+    sealed: dict[str, bytes]  # recipient -> AES-GCM box of (seed share, key share)
+    seed_commitment: bytes  # SHA-256 of the self-mask seed: the server checks what it recovers
+
+
+@dataclass(frozen=True)
+class SharesForYou:
+    round: int
+    sealed: dict[str, bytes]  # sender -> box
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    client: str
+    round: int
+    vector: np.ndarray = field(repr=False)  # uint32
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    round: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskShares:
+    client: str
+    round: int
+    seed_shares: dict[str, bytes]  # survivor -> share of its self-mask seed
+    key_shares: dict[str, bytes]  # dropped client -> share of its masking key
