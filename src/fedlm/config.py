@@ -21,6 +21,7 @@ import tomli_w
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
 LORA_AGGREGATIONS = ("fedit", "ffa", "svd")
+EXECUTORS = ("serial", "processes", "ray")
 
 
 class ConfigError(ValueError):
@@ -200,6 +201,18 @@ class CompressionSettings:
 
 
 @dataclass(frozen=True)
+class SecAggSettings:
+    enabled: bool = False  # secure aggregation (SecAgg+): the server learns only the cohort's sum
+    neighbours: int = 0  # k, each client's neighbours in the masking graph; 0 = all others (original SecAgg)
+    threshold: float = 0.5  # shares that recover a secret: more than this fraction of a client's neighbours
+
+    def __post_init__(self) -> None:
+        _require(self.neighbours >= 0, "secagg.neighbours", "must be >= 0 (0 = all others)")
+        _require(0.5 <= self.threshold < 1, "secagg.threshold",
+                 "must be in [0.5, 1): a majority of neighbours keeps the server from getting both secrets of a client")
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     clients: int = 16  # evaluation clients, a fixed seeded sample
     held_out_clients: bool = True  # evaluation clients never train (held-out speakers)
@@ -213,6 +226,20 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class SimulationSettings:
+    executor: str = "serial"  # "serial" (one process, nothing copied), "processes" (a local pool) or "ray" (Ray actors)
+    workers: int = 0  # processes / ray: workers, each holding its own model; 0 = one per CPU core
+    address: str = ""  # ray: "" starts a local Ray; "auto" or "ray://host:10001" joins a running cluster
+
+    def __post_init__(self) -> None:
+        _require(self.executor in EXECUTORS, "simulation.executor", f"must be one of {EXECUTORS}")
+        _require(self.workers >= 0, "simulation.workers", "must be >= 0 (0 = one per CPU core)")
+        _require(self.executor != "serial" or self.workers <= 1, "simulation.workers",
+                 "needs simulation.executor = 'processes' or 'ray': the serial executor runs one client at a time")
+        _require(not self.address or self.executor == "ray", "simulation.address", "applies to simulation.executor = 'ray' only")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     run: RunSettings = field(default_factory=RunSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -223,7 +250,9 @@ class RunConfig:
     strategy: StrategySettings = field(default_factory=StrategySettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    simulation: SimulationSettings = field(default_factory=SimulationSettings)
 
     def __post_init__(self) -> None:
         """Checks that span tables; each message names the setting to change."""
@@ -240,6 +269,15 @@ class RunConfig:
                  "privacy.accountant", "'pld' cannot account fixed-size sampling; use 'rdp' or federation.sampling = 'poisson'")
         _require(privacy.target_epsilon == 0 or privacy.enabled, "privacy.target_epsilon",
                  "a privacy budget needs privacy.noise_multiplier > 0")
+        if self.secagg.enabled:
+            _require(strategy.clip_norm > 0, "strategy.clip_norm",
+                     "must be > 0 with secure aggregation: the integer encoding needs a bound on every value")
+            _require(strategy.weighting == "uniform", "strategy.weighting",
+                     "must be 'uniform' with secure aggregation: the server cannot weight updates it never sees")
+            _require(not privacy.adaptive_clip, "privacy.adaptive_clip",
+                     "cannot be combined with secure aggregation yet: it counts each client's unclipped bit in the clear")
+            _require(self.simulation.executor == "serial", "simulation.executor",
+                     "must be 'serial' with secure aggregation: the simulated protocol runs its clients in process")
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:

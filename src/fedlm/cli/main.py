@@ -6,7 +6,7 @@ import warnings
 
 import typer
 
-from fedlm.cli import config_cmd, models_cmd
+from fedlm.cli import bench_cmd, config_cmd, models_cmd
 from fedlm.cli import privacy_cmd
 from fedlm.cli.simulate import simulate_command
 from fedlm.config import settings_listing
@@ -22,6 +22,7 @@ app.command("simulate", epilog="Settings (--set section.key=value, or a TOML tab
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(privacy_cmd.app, name="privacy")
+app.add_typer(bench_cmd.app, name="bench")
 
 
 @app.callback()

@@ -27,6 +27,8 @@ SHORTCUTS = {
     "lr": ("client", "lr"),
     "seq_len": ("data", "seq_len"),
     "seed": ("run", "seed"),
+    "executor": ("simulation", "executor"),
+    "workers": ("simulation", "workers"),
 }
 
 
@@ -78,17 +80,19 @@ def simulate_command(
     lr: float | None = typer.Option(None, help="client.lr"),
     seq_len: int | None = typer.Option(None, help="data.seq_len"),
     seed: int | None = typer.Option(None, help="run.seed"),
+    executor: str | None = typer.Option(None, help="simulation.executor: 'serial', 'processes' or 'ray' (needs the ray extra)."),
+    workers: int | None = typer.Option(None, help="simulation.workers: processes or Ray actors, each with its own model; 0 = one per core."),
     data: Path | None = typer.Option(None, help="A folder of per-client text (sets data.source = 'folder')."),
     set_: list[str] = typer.Option([], "--set", help="Any setting as section.key=value (repeatable), e.g. --set strategy.server_lr=0.5"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Simulate federated LoRA fine-tuning in one process and write a run directory.
+    """Simulate federated LoRA fine-tuning (clients in this process, or on --executor workers) and write a run directory.
 
     Writes config.toml, metrics.jsonl (one line a round), summary.json and adapter/ (PEFT
     format). Settings: see `fedlm config defaults` and the README.
     """
     shortcuts = dict(model=model, rounds=rounds, clients_per_round=clients_per_round, local_steps=local_steps,
-                     batch_size=batch_size, lr=lr, seq_len=seq_len, seed=seed)
+                     batch_size=batch_size, lr=lr, seq_len=seq_len, seed=seed, executor=executor, workers=workers)
     if resume and (out is None or config is not None):
         console.print("[red]error:[/] --resume takes the run directory as --out, and its own config.toml (no --config)")
         raise typer.Exit(2)

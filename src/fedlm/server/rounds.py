@@ -163,6 +163,46 @@ def accept_update(rnd: OpenRound, update: Update) -> None:
         rnd.unclipped += int(update.metrics["unclipped"])
 
 
+def accept_sum(rnd: OpenRound, total: np.ndarray, clients: tuple[str, ...], metrics: dict[str, dict[str, float]]) -> None:
+    """Fold the sum of several clients' updates, as secure aggregation releases it (uniform weights).
+
+    The same checks as for one update, on the sum: every client in the cohort and not yet
+    answered, the shape, finite values, and finite metrics.
+    """
+    if rnd.pipeline.mask is None or rnd.pipeline.weighting != "uniform":
+        raise UpdateRejected("a sum of updates needs a secure-aggregation pipeline with uniform weighting")
+    if not clients or len(set(clients)) != len(clients):
+        raise UpdateRejected("a sum of updates must name its distinct contributors")
+    for who in clients:
+        if who not in rnd.cohort:
+            raise UpdateRejected(f"client {who} is not in round {rnd.round}'s cohort")
+        if who in rnd.weights or who in rnd.failed:
+            raise UpdateRejected(f"client {who} already answered round {rnd.round}")
+        bad = [k for k, v in metrics.get(who, {}).items() if not isinstance(k, str) or not _is_finite_number(v)]
+        if bad:
+            raise UpdateRejected(f"update from {who} has metrics that are not finite numbers: {bad[:3]}")
+    if not isinstance(total, np.ndarray) or total.dtype != np.float32 or total.shape != rnd.total.shape:
+        raise UpdateRejected(f"the sum must be float32 of shape {rnd.total.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(float(np.dot(total, total))):
+            raise UpdateRejected("the sum has non-finite values or is too large")
+    fold(rnd.total, total, 1.0)
+    for who in clients:
+        rnd.weights[who] = 1.0
+        rnd.metrics[who] = dict(metrics.get(who, {}))
+
+
+def abandon_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, RoundOutcome]:
+    """End a round that released nothing (secure aggregation could not recover the sum).
+
+    The global, its version, the optimizer and the privacy ledger stay as they were.
+    """
+    if rnd.round != state.rounds_done + 1 or rnd.version != state.version:
+        raise ValueError(f"round {rnd.round} does not follow the server state (round {state.rounds_done}, v{state.version})")
+    failed = tuple(sorted(rnd.cohort))
+    return replace(state, rounds_done=rnd.round), RoundOutcome(rnd.round, state.version, (), failed, committed=False)
+
+
 def mark_failed(rnd: OpenRound, client_id: str) -> None:
     if client_id not in rnd.cohort or client_id in rnd.weights:
         raise ValueError(f"client {client_id} cannot fail in round {rnd.round}")

@@ -4,10 +4,13 @@ One base model, one adapter: a client's turn writes the global vector (and its o
 private parameters) into the adapter in place, trains, and reads back the delta into a
 reused buffer that the round folds before the next client. Nothing is copied or pickled
 per client. Clients in a cohort run in client-id order, so a seed fixes the result.
+[simulation] executor = "processes" or "ray" spreads the clients over workers, each with
+its own model (see sim.cohort); their updates are still folded in client-id order.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,25 +18,31 @@ from typing import Any
 
 import numpy as np
 
-from fedlm.client.train import run_task
 from fedlm.core.rng import make_rng
-from fedlm.models.lora import client_rank
+from fedlm.core.types import Task, Update
 from fedlm.updates import wire
-from fedlm.updates.client import make_encoder
 from fedlm.eval.metrics import EvalResult, evaluate
 from fedlm.server.rounds import (
     OpenRound,
+    abandon_round,
     RoundOutcome,
     ServerState,
     accept_update,
     close_round,
     initial_state,
     make_tasks,
+    mark_failed,
     open_round,
 )
 from fedlm.server.selection import sample_fixed, sample_poisson
 from fedlm.sim.events import Reporter, SilentReporter
+from fedlm.sim.cohort import ClientJob, Executor, make_jobs
+from fedlm.sim.secure_round import ClientTurn, secure_round
 from fedlm.sim.setup import Simulation
+from fedlm.sim.threads import single_thread_blas
+from fedlm.sim.trainers import make_lora_trainer, make_sim_executor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,25 +68,67 @@ def evaluate_global(sim: Simulation, state: ServerState) -> EvalResult:
     return evaluate(sim.adapter.model, sim.eval_blocks, batch_size=sim.config.eval.batch_size)
 
 
-def train_cohort(sim: Simulation, state: ServerState, rnd: OpenRound, private: dict[str, np.ndarray], reporter: Reporter) -> None:
-    """Every cohort client trains in turn; each update is folded before the next one starts."""
-    buffer = np.empty_like(state.global_vector)
-    settings, lora = sim.config.client, sim.config.lora
-    encode = make_encoder(sim.pipeline, seed=sim.config.run.seed)
-    feedback = sim.config.compression.sparsify == "top_k"
-    for index, task in enumerate(make_tasks(rnd)):
-        reporter.client_started(rnd.round, index, settings.local_steps)
-        own = private.setdefault(task.client_id, sim.adapter.initial_private.copy())
-        residual = sim.residuals.setdefault(task.client_id, np.zeros_like(buffer)) if feedback else None
-        rank = client_rank(task.client_id, lora.client_ranks, lora.r)
-        update = run_task(
-            sim.adapter, task, global_vector=state.global_vector, private_vector=own,
-            train_blocks=sim.train_blocks(task.client_id), settings=settings,
-            seed=sim.config.run.seed, out=buffer, on_step=reporter.step_done,
-            rank=rank if rank < lora.r else None, encode=encode, residual=residual,
-        )
-        accept_update(rnd, update)
-        reporter.client_done(rnd.round, index)
+def secure_turn(sim: Simulation, state: ServerState, jobs: list[ClientJob], reporter: Reporter) -> ClientTurn:
+    """A cohort client's turn on this process's model, as the secure round asks for it."""
+    trainer = make_lora_trainer(sim, on_step=reporter.step_done)
+    by_client = {job.task.client_id: job for job in jobs}
+
+    def turn(task: Task, out: np.ndarray) -> Update:
+        job = by_client[task.client_id]
+        reporter.client_started(task.round, job.index, sim.config.client.local_steps)
+        update = trainer(job, state.global_vector, out)
+        reporter.client_done(task.round, job.index)
+        return update
+
+    return turn
+
+
+def train_cohort(
+    sim: Simulation, state: ServerState, rnd: OpenRound, private: dict[str, np.ndarray], reporter: Reporter, executor: Executor,
+) -> bool:
+    """Every cohort client trains on `executor`; updates are folded in cohort order as they come back.
+
+    Under secure aggregation (in this process only) the round engine sees only the recovered sum; False when
+    that sum could not be recovered (the round is abandoned).
+    """
+    residuals = sim.residuals if sim.config.compression.sparsify == "top_k" else None
+    jobs = make_jobs(make_tasks(rnd), private, sim.adapter.initial_private, residuals, state.global_vector.size)
+    if rnd.pipeline.mask is not None:
+        turn = secure_turn(sim, state, jobs, reporter)
+        return secure_round(rnd, state.global_vector.size, sim.config.run.seed, turn) is not None
+    fold_cohort(rnd, state.global_vector, jobs, executor, reporter, steps=sim.config.client.local_steps)
+    return True
+
+
+class RoundSink:
+    """Where an executor's results go: each update folded into the open round, a dead worker's client failed."""
+
+    def __init__(self, rnd: OpenRound, reporter: Reporter, steps: int) -> None:
+        self.rnd, self.reporter, self.steps = rnd, reporter, steps
+
+    def started(self, job: ClientJob) -> None:
+        self.reporter.client_started(self.rnd.round, job.index, self.steps)
+
+    def delivered(self, job: ClientJob, update: Update) -> None:
+        accept_update(self.rnd, update)
+        self.reporter.client_done(self.rnd.round, job.index)
+
+    def failed(self, job: ClientJob, reason: str) -> None:
+        mark_failed(self.rnd, job.task.client_id)
+        self.reporter.client_done(self.rnd.round, job.index)
+
+
+def fold_cohort(
+    rnd: OpenRound, global_vector: np.ndarray, jobs: list[ClientJob], executor: Executor,
+    reporter: Reporter | None = None, *, steps: int = 0,
+) -> None:
+    """Run the cohort's jobs on `executor`, folding every update into `rnd` in cohort order.
+
+    Per-client vector work (the client's delta and encoding, the server's checks and fold)
+    runs with BLAS at one thread: memory-bound, and the same split in every executor.
+    """
+    with single_thread_blas():
+        executor.run(jobs, global_vector, RoundSink(rnd, reporter or SilentReporter(), steps))
 
 
 def privacy_fields(sim: Simulation, state: ServerState) -> dict[str, Any]:
@@ -154,22 +205,29 @@ def simulate(
     final_eval = base_eval if start is None else evaluate_global(sim, state)
     result = RunResult(state, base_eval, final_eval)
     reporter.run_started(sim.config.federation.rounds - state.rounds_done)
-    for round in range(state.rounds_done + 1, sim.config.federation.rounds + 1):
-        result.stop_reason = budget_stop(sim, state)
-        if result.stop_reason:
-            break
-        started = time.perf_counter()
-        rnd = open_round(state, sample_cohort(sim, round), sim.pipeline)
-        reporter.round_started(round, len(rnd.cohort))
-        train_cohort(sim, state, rnd, private, reporter)
-        state, outcome = close_round(state, rnd)
-        evaluation = evaluate_global(sim, state)
-        record = round_record(rnd, outcome, evaluation, time.perf_counter() - started, state.global_vector.size)
-        record.update(traffic(rnd, outcome, state.global_vector.size, sim.full_model_bytes))
-        record.update(privacy_fields(sim, state))
-        result.state, result.final_eval = state, evaluation
-        result.records.append(record)
-        reporter.round_done(record)
-        if on_record is not None:
-            on_record(record, state)
+    if sim.pipeline.needs_stack:
+        log.info("the %s aggregator keeps every update of a round in memory: cohort x %d floats",
+                 sim.pipeline.aggregator.name, state.global_vector.size)
+    executor = make_sim_executor(sim, reporter)
+    try:
+        for round in range(state.rounds_done + 1, sim.config.federation.rounds + 1):
+            result.stop_reason = budget_stop(sim, state)
+            if result.stop_reason:
+                break
+            started = time.perf_counter()
+            rnd = open_round(state, sample_cohort(sim, round), sim.pipeline)
+            reporter.round_started(round, len(rnd.cohort))
+            recovered = train_cohort(sim, state, rnd, private, reporter, executor)
+            state, outcome = close_round(state, rnd) if recovered else abandon_round(state, rnd)
+            evaluation = evaluate_global(sim, state)
+            record = round_record(rnd, outcome, evaluation, time.perf_counter() - started, state.global_vector.size)
+            record.update(traffic(rnd, outcome, state.global_vector.size, sim.full_model_bytes))
+            record.update(privacy_fields(sim, state))
+            result.state, result.final_eval = state, evaluation
+            result.records.append(record)
+            reporter.round_done(record)
+            if on_record is not None:
+                on_record(record, state)
+    finally:
+        executor.close()
     return result

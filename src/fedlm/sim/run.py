@@ -62,8 +62,10 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
 
 def check_resume_config(saved: RunConfig, config: RunConfig) -> None:
     """A resumed run may only run longer: any other change would break the ledger or the optimizer state."""
-    if replace(config, federation=replace(config.federation, rounds=saved.federation.rounds)) != saved:
-        raise ValueError("--resume may change federation.rounds only; every other setting must match the run's config.toml")
+    how_run = {"federation": replace(config.federation, rounds=saved.federation.rounds), "simulation": saved.simulation}
+    if replace(config, **how_run) != saved:
+        raise ValueError("--resume may change federation.rounds and [simulation] only; every other setting must match "
+                         "the run's config.toml")
 
 
 def resume_state(sim: Simulation, out: Path) -> tuple[ServerState, dict[str, np.ndarray]]:

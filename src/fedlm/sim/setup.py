@@ -77,7 +77,7 @@ def build_eval_blocks(base: BaseModel, dataset: FederatedDataset, clients: tuple
 def check_pipeline_settings(config: RunConfig, plan: PrivacyPlan | None, population: int) -> None:
     """Build the pipeline once on a dummy layout, to refuse bad combinations before the model loads."""
     dummy = make_spec([("lora_A", (1, 1)), ("lora_B", (1, 1))])
-    build_pipeline(config.strategy, config.lora, dummy, plan, config.compression)
+    build_pipeline(config.strategy, config.lora, dummy, plan, config.compression, config.secagg)
     check_krum_cohort(config, population)
 
 
@@ -111,7 +111,7 @@ def prepare(config: RunConfig) -> Simulation:
     check_pipeline_settings(config, plan, len(population))
     base = load_base_model(config.model.name)
     adapter = attach_lora(base, config.lora, seed=config.run.seed)
-    pipeline = build_pipeline(config.strategy, config.lora, adapter.shared_spec, plan, config.compression)
+    pipeline = build_pipeline(config.strategy, config.lora, adapter.shared_spec, plan, config.compression, config.secagg)
     eval_blocks = build_eval_blocks(base, dataset, eval_clients, config)
     full_model_bytes = 4 * sum(p.numel() for n, p in adapter.model.named_parameters() if "lora_" not in n)
     return Simulation(config, base, adapter, dataset, population, eval_clients, eval_blocks, pipeline, full_model_bytes)

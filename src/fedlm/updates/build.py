@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedlm.aggregation.server_opt import ServerOptimizer
-from fedlm.config import CompressionSettings, LoraSettings, StrategySettings
+from fedlm.config import CompressionSettings, LoraSettings, SecAggSettings, StrategySettings
 from fedlm.core.vectors import Spec
 from fedlm.privacy.accountant import update_noise_for
 from fedlm.privacy.plan import PrivacyPlan
@@ -67,31 +67,44 @@ def compression_steps(compression: CompressionSettings) -> list[Step]:
     return steps
 
 
+def secagg_steps(secagg: SecAggSettings | None) -> tuple[list[Step], list[Step]]:
+    """(client mask step, server unmask step) when secure aggregation is on."""
+    if secagg is None or not secagg.enabled:
+        return [], []
+    params = (("neighbours", secagg.neighbours), ("threshold", secagg.threshold))
+    return [Step("secagg_mask", Stage.MASK, params=params)], [Step("secagg_unmask", Stage.UNMASK)]
+
+
 def build_pipeline(
     strategy: StrategySettings,
     lora: LoraSettings,
     spec: Spec,
     privacy: PrivacyPlan | None = None,
     compression: CompressionSettings | None = None,
+    secagg: SecAggSettings | None = None,
 ) -> Pipeline:
-    """The chain: [clip] -> [noise share] => [norm bound] => aggregator -> [central noise] -> server optimizer.
+    """The chain: [clip] -> [noise share] -> [compress] -> [mask] => [norm bound] => aggregator
+    -> [unmask] -> [central noise] -> server optimizer.
 
     With DP the mean divides by the expected cohort (a fixed denominator, as in McMahan
     et al. 2018), not by the number of arrivals, so one client changes the mean by at most
     clip_norm / expected_cohort.
     """
     client_dp, server_dp = privacy_steps(privacy)
+    mask, unmask = secagg_steps(secagg)
     steps: list[Step] = []
     if strategy.clip_norm > 0:
         steps.append(Step("clip", Stage.CLIP, params=(("clip_norm", strategy.clip_norm),)))
     steps += client_dp
     steps += compression_steps(compression or CompressionSettings())
+    steps += mask
     if strategy.norm_bound > 0:
         steps.append(Step("norm_bound", Stage.INGRESS, summable=False, params=(("max_norm", strategy.norm_bound),)))
     aggregator = aggregator_step(strategy, lora)
     if privacy is not None and aggregator.name == "mean":
         aggregator = Step("mean", Stage.AGGREGATE, params=(("denominator", privacy.expected_cohort),))
     steps.append(aggregator)
+    steps += unmask
     steps += server_dp
     return make_pipeline(
         tuple(steps), make_server_optimizer(strategy), weighting=strategy.weighting, spec=spec, privacy=privacy

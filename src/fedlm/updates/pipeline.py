@@ -88,6 +88,11 @@ class Pipeline:
         return next(s for s in self.steps if s.stage == Stage.AGGREGATE)
 
     @property
+    def mask(self) -> Step | None:
+        """The secure-aggregation step, when the server may see only the cohort's sum."""
+        return next((s for s in self.steps if s.stage == Stage.MASK), None)
+
+    @property
     def needs_stack(self) -> bool:
         """True when the server must hold every update of the round (it says so in the run log)."""
         return not self.aggregator.summable
@@ -170,6 +175,9 @@ def make_pipeline(
     if weighting not in WEIGHTINGS:
         raise PipelineError(f"unknown weighting {weighting!r}; known: {WEIGHTINGS}")
     check_chain(steps, optimizer)
+    if any(s.stage == Stage.MASK for s in steps) and weighting != "uniform":
+        raise PipelineError(f"secure aggregation needs uniform weighting, not {weighting!r}: "
+                            "the server cannot weight updates it never sees")
     if privacy is not None and weighting != "uniform":
         raise PipelineError(f"differential privacy needs uniform weighting, not {weighting!r}: "
                             "a sample-weighted sum has no fixed sensitivity")

@@ -1,0 +1,21 @@
+"""What --resume may change: the number of rounds and how clients are executed, nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedlm.config import RunConfig, apply_overrides
+from fedlm.sim.run import check_resume_config
+
+
+def test_resume_may_add_rounds_and_switch_executor():
+    saved = RunConfig()
+    check_resume_config(saved, apply_overrides(saved, {"federation": {"rounds": 9},
+                                                       "simulation": {"executor": "processes", "workers": 2}}))
+
+
+@pytest.mark.parametrize("change", [{"client": {"lr": 0.1}}, {"federation": {"clients_per_round": 5}},
+                                    {"secagg": {"enabled": True}, "strategy": {"clip_norm": 1.0, "weighting": "uniform"}}])
+def test_resume_refuses_any_other_change(change):
+    with pytest.raises(ValueError, match="--resume may change federation.rounds and"):
+        check_resume_config(RunConfig(), apply_overrides(RunConfig(), change))
