@@ -7,7 +7,9 @@ import pytest
 
 from fedlm.config import ConfigError, apply_overrides, config_from_dict
 from fedlm.secagg.messages import RoundFailed
+from fedlm.server.rounds import initial_state, open_round
 from fedlm.sim.engine import simulate
+from fedlm.sim.secure_round import secure_round
 from fedlm.sim.setup import prepare
 from fedlm.updates.pipeline import PipelineError
 
@@ -85,3 +87,13 @@ def test_combinations_that_need_single_updates_are_refused(sections, match):
 def test_bad_secagg_settings_are_refused_naming_the_key(sections, key):
     with pytest.raises(ConfigError, match=key):
         apply_overrides(BASE, {"secagg": {"enabled": True}, **sections} if "secagg" not in sections else sections)
+
+
+def test_a_cohort_of_one_releases_nothing():
+    # a Poisson cohort can hold one client: there is no sum to hide its update in
+    sim = prepare(apply_overrides(BASE, {"secagg": {"enabled": True}, "privacy": {"noise_multiplier": 0.0}}))
+    state = initial_state(sim.adapter.initial_shared, sim.pipeline)
+    rnd = open_round(state, (sim.population[0],), sim.pipeline)
+    trained = []
+    assert secure_round(rnd, state.global_vector.size, 0, lambda task, out: trained.append(task)) is None
+    assert trained == [] and rnd.weights == {} and not rnd.total.any()

@@ -9,37 +9,20 @@ recovered is abandoned: nothing is released and the global stays as it was.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 
 from fedlm.core.rng import make_rng
 from fedlm.core.types import Task, Update
+from fedlm.secagg.inputs import PER_UPDATE_METRICS, value_bound
 from fedlm.secagg.messages import RoundFailed
 from fedlm.secagg.session import SecureSum, StageClock, make_server, run_round
 from fedlm.server.rounds import OpenRound, accept_sum, make_tasks
 from fedlm.updates import wire
-from fedlm.updates.pipeline import Pipeline, Stage
-
-# How far past the clip norm a noised coordinate may reach before the encoding clips it:
-# 8 standard deviations of a client's noise share (a chance of 1e-15 per coordinate).
-NOISE_MARGIN_STDS = 8.0
-
-# metrics that describe a single update: a client under secure aggregation keeps them
-PER_UPDATE_METRICS = ("update_norm", "unclipped")
 
 # trains one client: (task, out) -> its update, whose vector is `out` (float32, encoded client-side)
 ClientTurn = Callable[[Task, np.ndarray], Update]
-
-
-def value_bound(pipeline: Pipeline, clip_norm: float) -> float:
-    """A bound on every coordinate of a client's input: the clip norm plus room for its noise share."""
-    share = next((s for s in pipeline.client_steps if s.stage == Stage.NOISE_SHARE), None)
-    if share is None:
-        return clip_norm
-    std = share.param("noise_multiplier") * clip_norm / math.sqrt(share.param("expected_cohort"))
-    return clip_norm + NOISE_MARGIN_STDS * std
 
 
 def secure_round(rnd: OpenRound, size: int, seed: int, turn: ClientTurn, clock: StageClock | None = None) -> SecureSum | None:
@@ -47,6 +30,8 @@ def secure_round(rnd: OpenRound, size: int, seed: int, turn: ClientTurn, clock: 
     mask = rnd.pipeline.mask
     if mask is None:
         raise ValueError("this pipeline has no secure-aggregation step")
+    if len(rnd.cohort) < 2:
+        return None  # a Poisson cohort of one (or none): no sum to hide an update in, so nothing is released
     server = make_server(
         rnd.round, rnd.cohort, size=size, neighbours=int(mask.param("neighbours")), threshold=mask.param("threshold"),
         bound=value_bound(rnd.pipeline, rnd.clip_norm), rng=make_rng(seed, "secagg-graph", rnd.round),

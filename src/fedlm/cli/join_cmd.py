@@ -1,0 +1,39 @@
+"""`fedlm join`: take part in a federated run as one client, over mutual TLS."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def join_command(
+    server: str = typer.Option(..., "--server", help="The coordinator's URL, e.g. https://127.0.0.1:8443"),
+    data: Path = typer.Option(..., "--data", help="This client's text: a folder of .txt files (or fedlm's folder layout)."),
+    cert: Path = typer.Option(..., "--cert", help="Client certificate (PEM); its CN is the client id."),
+    key: Path = typer.Option(..., "--key", help="The certificate's private key (PEM)."),
+    ca: Path = typer.Option(..., "--ca", help="The CA that signed the server's certificate."),
+    charging: bool = typer.Option(False, "--charging", help="Trait: the device is charging."),
+    unmetered: bool = typer.Option(False, "--unmetered", help="Trait: the network is unmetered."),
+    free_memory_mb: int = typer.Option(0, "--free-memory-mb", help="Trait: free memory in MB."),
+    region: str = typer.Option("", "--region", help="Trait: the client's region."),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads for local training."),
+) -> None:
+    """Wait for a task, train locally, upload the encoded update; until the run is finished."""
+    from fedlm.service.client_worker import JoinSettings, ServerRefused, join
+    from fedlm.service.scheduling import Traits
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    traits = Traits(charging=charging, unmetered=unmetered, free_memory_mb=free_memory_mb, region=region)
+    settings = JoinSettings(server=server, data=data, cert=cert, key=key, ca=ca, traits=traits, threads=threads)
+    try:
+        sent = join(settings)
+    except (ServerRefused, ValueError, RuntimeError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    console.print(f"run finished; {sent} updates sent")

@@ -1,0 +1,31 @@
+"""`fedlm serve --config server.toml`: the coordinator under uvicorn with mutual TLS."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def serve_command(config: Path = typer.Option(..., "--config", help="server.toml (see the README's service section).")) -> None:
+    """Run the coordinator: REST API under /v1 (OpenAPI at /openapi.json), Prometheus at /metrics."""
+    import uvicorn
+
+    from fedlm.config import ConfigError
+    from fedlm.service.runtime import build_runtime, uvicorn_config
+    from fedlm.service.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format='{"at": "%(asctime)s", "logger": "%(name)s", "message": "%(message)s"}')
+    try:
+        settings = load_settings(config)
+        runtime = build_runtime(settings)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    server = settings.server
+    console.print(f"fedlm coordinator on https://{server.host}:{server.port} (mTLS), store {settings.database_url.split('@')[-1]}")
+    uvicorn.Server(uvicorn_config(runtime)).run()

@@ -1,0 +1,27 @@
+"""What a client feeds secure aggregation: the bound its encoding needs, and the metrics it keeps.
+
+Shared by the in-process simulation (sim.secure_round) and the service (service.secure_stages),
+so both encode with the same bound and withhold the same per-update metrics.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fedlm.updates.pipeline import Pipeline, Stage
+
+# How far past the clip norm a noised coordinate may reach before the encoding clips it:
+# 8 standard deviations of a client's noise share (a chance of 1e-15 per coordinate).
+NOISE_MARGIN_STDS = 8.0
+
+# Metrics that describe a single update: a client under secure aggregation keeps them.
+PER_UPDATE_METRICS = ("update_norm", "unclipped")
+
+
+def value_bound(pipeline: Pipeline, clip_norm: float) -> float:
+    """A bound on every coordinate of a client's input: the clip norm plus room for its noise share."""
+    share = next((s for s in pipeline.client_steps if s.stage == Stage.NOISE_SHARE), None)
+    if share is None:
+        return clip_norm
+    std = share.param("noise_multiplier") * clip_norm / math.sqrt(share.param("expected_cohort"))
+    return clip_norm + NOISE_MARGIN_STDS * std

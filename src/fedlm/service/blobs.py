@@ -1,0 +1,89 @@
+"""Content-addressed blobs on disk: accepted updates and model versions, named by SHA-256.
+
+An upload streams to a staging file while it is hashed and counted, so no body is ever
+held whole in memory and one past the size limit is cut off as soon as it passes it.
+A staged file becomes a blob by an atomic rename after fsync: a crash leaves either no
+blob or a whole one, never a torn one. Only ids, sizes and hashes are logged, never bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+class TooLarge(ValueError):
+    """The body went past the size limit; the staged part was deleted."""
+
+
+@dataclass(frozen=True)
+class Staged:
+    path: Path
+    sha256: str
+    size: int
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.staging = self.root / "staging"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        for leftover in self.staging.iterdir():  # a crash mid-upload leaves these; nothing refers to them
+            leftover.unlink(missing_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a SHA-256 hex digest: {sha256[:80]!r}")
+        return self.root / sha256[:2] / sha256[2:]
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def read(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
+
+    async def receive(self, chunks: AsyncIterator[bytes], *, limit: int) -> Staged:
+        """Stream `chunks` into a staging file; raise TooLarge as soon as more than `limit` bytes came."""
+        target = self.staging / uuid.uuid4().hex
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(target, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLarge(f"body exceeds the limit of {limit} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return Staged(target, digest.hexdigest(), size)
+
+    def stage_bytes(self, data: bytes) -> Staged:
+        target = self.staging / uuid.uuid4().hex
+        target.write_bytes(data)
+        return Staged(target, hashlib.sha256(data).hexdigest(), len(data))
+
+    def commit(self, staged: Staged) -> str:
+        """Publish a staged file under its hash (fsync, then an atomic rename); returns the hash."""
+        final = self.path(staged.sha256)
+        if final.is_file():  # same content already stored
+            staged.path.unlink(missing_ok=True)
+            return staged.sha256
+        final.parent.mkdir(exist_ok=True)
+        with open(staged.path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(staged.path, final)
+        return staged.sha256
+
+    def put(self, data: bytes) -> str:
+        return self.commit(self.stage_bytes(data))
+
+    def discard(self, staged: Staged) -> None:
+        staged.path.unlink(missing_ok=True)

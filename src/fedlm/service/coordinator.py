@@ -1,0 +1,334 @@
+"""The coordinator: drives the pure round engine (server.rounds) from the database, restart-safe.
+
+Every state change is written to the store before it is applied in memory, and the
+in-memory round is only a cache of the store: an accepted update is a committed row
+plus a content-addressed blob, so a coordinator killed at any point and started again
+re-opens the same round and re-folds the same updates in the same order (the same
+bytes, hence the same sum). All checks on an upload run before anything is written: a
+refused upload leaves the round, the tables and the blobs as they were (only the audit
+log notes the refusal). Under secure aggregation a round goes through the SecAgg
+stages (`RoundRow.stage`: advertise, share, mask, unmask), each a relay of typed messages
+to the protocol's server state machine (service.secure_stages); `collect` is the plain stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from fedlm.config import RunConfig
+from fedlm.core.types import Update
+from fedlm.server.rounds import (
+    OpenRound, ServerState, UpdateRejected, accept_update, check_update, close_round, initial_state, mark_failed,
+    open_round,
+)
+from fedlm.service import store as db
+from fedlm.service.blobs import BlobStore, Staged
+from fedlm.service.errors import Refused
+from fedlm.service.payloads import MalformedUpdate, decode_state, encode_state, read_masked, read_update
+from fedlm.service.registry import Evaluator, should_promote
+from fedlm.service.scheduling import Traits, ineligibility, invited_count, select_cohort
+from fedlm.service.secagg_codec import parameters_answer
+from fedlm.service.secure_stages import SecureStages, make_secagg_server
+from fedlm.service.settings import RegistrySection, SchedulingSection, SecAggSection
+from fedlm.updates import wire
+from fedlm.updates.pipeline import Pipeline
+
+log = logging.getLogger("fedlm.service")
+
+
+@dataclass(frozen=True)
+class TaskOffer:
+    round: int
+    version: int
+    client_id: str
+    clip_norm: float
+    deadline: float
+    global_sha256: str
+    stage: str = "collect"
+    secagg: dict[str, Any] | None = None  # the client's RoundParameters (cohort, neighbours, threshold, encoding)
+
+
+@dataclass
+class Available:
+    last_seen: float
+    traits: Traits
+
+
+class Coordinator(SecureStages):
+    def __init__(
+        self, store: db.Store, blobs: BlobStore, *, run: RunConfig, pipeline: Pipeline, initial_global: np.ndarray,
+        scheduling: SchedulingSection, registry: RegistrySection, evaluator: Evaluator | None = None,
+        clock: Callable[[], float] = time.time, secagg: SecAggSection | None = None,
+    ) -> None:
+        self.store, self.blobs, self.run, self.pipeline = store, blobs, run, pipeline
+        self.scheduling, self.registry, self.evaluator, self.clock = scheduling, registry, evaluator, clock
+        self.secagg_deadlines = secagg or SecAggSection()
+        self.lock = threading.RLock()
+        self.available: dict[str, Available] = {}
+        self.secure, self.secure_metrics = None, {}
+        self._failed_on_replay: str | None = None
+        self.state, self.rnd, self.round_row = self._recover(initial_global)
+        if self._failed_on_replay is not None:  # a logged stage closing failed: the round ends as it would have
+            with self.lock:
+                self._abandon(f"on restart: {self._failed_on_replay}")
+
+    # ---- start-up -------------------------------------------------------------------
+    def _recover(self, initial_global: np.ndarray) -> tuple[ServerState, OpenRound | None, db.RoundRow | None]:
+        """The last committed version, and the open round re-folded from its accepted updates."""
+        with self.store.session() as session:
+            latest = db.latest_version(session)
+            if latest is None:
+                state = initial_state(initial_global, self.pipeline)
+                self._commit_version(session, state, round=0, metrics={}, status="promoted")
+                db.set_production(session, 0)
+                db.audit(session, "initialised", size=int(initial_global.size))
+                return state, None, None
+            state = decode_state(self.blobs.read(latest.state_sha256))
+            state = replace(state, rounds_done=max(state.rounds_done, db.last_closed_round(session)))
+            row = db.open_round_row(session)
+            if row is None:
+                return state, None, None
+            rnd = open_round(state, tuple(row.cohort), self.pipeline)
+            if rnd.round != row.round:
+                raise RuntimeError(f"the store's open round {row.round} does not follow round {state.rounds_done}")
+            if self.pipeline.mask is not None:
+                self._failed_on_replay = self._replay_secagg(session, rnd, row.stage)
+                detail = f"SecAgg log replayed to stage {row.stage}, {len(self.secure.masked)} masked inputs"
+            else:
+                for update in db.accepted_updates(session, row.round):
+                    vector = read_update(self.blobs.path(update.sha256), size=state.global_vector.size)
+                    accept_update(rnd, Update(update.round, update.version, update.client_id, update.num_samples, vector, update.metrics))
+                for client, status in db.tasks_of(session, row.round).items():
+                    if status == "failed":
+                        mark_failed(rnd, client)
+                detail = f"{len(rnd.weights)} accepted updates re-folded"
+            db.audit(session, "recovered", round=row.round, detail=detail)
+            log.info("recovered round %d: %s", row.round, detail)
+            return state, rnd, row
+
+    def _commit_version(self, session: Any, state: ServerState, *, round: int, metrics: dict, status: str) -> db.VersionRow:
+        state_sha = self.blobs.put(encode_state(state))
+        global_sha = self.blobs.put(wire.serialize_dense(state.global_vector))
+        row = db.VersionRow(version=state.version, round=round, state_sha256=state_sha, global_sha256=global_sha,
+                            metrics=metrics, status=status, created_at=self.clock())
+        session.add(row)
+        return row
+
+    # ---- clients ----------------------------------------------------------------------
+    def register(self, client_id: str, traits: Traits) -> None:
+        with self.lock, self.store.session() as session:
+            row = session.get(db.ClientRow, client_id)
+            if row is None:
+                session.add(db.ClientRow(id=client_id, traits=traits.__dict__, registered_at=self.clock(), last_round=0))
+                db.audit(session, "registered", client_id=client_id)
+            else:
+                row.traits = traits.__dict__
+            self.available[client_id] = Available(self.clock(), traits)
+
+    def poll(self, client_id: str, traits: Traits) -> TaskOffer | None:
+        """Check in: the client's task in the open round, or None (nothing for it now)."""
+        with self.lock:
+            with self.store.session() as session:
+                if session.get(db.ClientRow, client_id) is None:
+                    raise Refused(404, "not_registered", f"client {client_id} must POST /v1/clients/register first")
+            self.available[client_id] = Available(self.clock(), traits)
+            self.tick()
+            rnd = self.rnd
+            if rnd is None or client_id not in rnd.cohort or client_id in rnd.weights or client_id in rnd.failed:
+                return None
+            secagg = None
+            if self.secure is not None:  # offered until the client advertises; its own loop takes it from there
+                if self.secure.stage != "advertise" or client_id in self.secure.adverts:
+                    return None
+                secagg = parameters_answer(self.secure.parameters(client_id))
+            return TaskOffer(rnd.round, rnd.version, client_id, rnd.clip_norm, self.round_row.deadline,
+                             self.global_sha(rnd.version), self.round_row.stage, secagg)
+
+    @property
+    def finished(self) -> bool:
+        return self.rnd is None and (self.state.rounds_done >= self.run.federation.rounds or self._budget_spent())
+
+    def _budget_spent(self) -> bool:
+        plan = self.pipeline.privacy
+        return plan is not None and not plan.allows_next_round(self.state.ledger)
+
+    def global_sha(self, version: int) -> str:
+        with self.store.session() as session:
+            row = session.get(db.VersionRow, version)
+            if row is None:
+                raise Refused(404, "unknown_version", f"no model version {version}")
+            return row.global_sha256
+
+    # ---- the round clock ---------------------------------------------------------------
+    def tick(self) -> None:
+        """Close a round past its deadline; open the next one when enough eligible clients are available."""
+        with self.lock:
+            now = self.clock()
+            if self.rnd is not None and self.secure is not None:
+                self._tick_secagg(now)
+            elif self.rnd is not None and now >= self.round_row.deadline:
+                self._close("deadline")
+            if self.rnd is None and not self.finished:
+                self._maybe_open(now)
+
+    def _eligible_available(self, now: float) -> list[str]:
+        window = self.scheduling.availability_seconds
+        return sorted(c for c, a in self.available.items()
+                      if now - a.last_seen <= window and ineligibility(a.traits, self.scheduling) is None)
+
+    def _maybe_open(self, now: float) -> None:
+        target = self.run.federation.clients_per_round
+        candidates = self._eligible_available(now)
+        if len(candidates) < target:
+            return
+        round = self.state.rounds_done + 1
+        with self.store.session() as session:
+            size = min(len(candidates), invited_count(target, self.scheduling.over_selection))
+            cohort = select_cohort(candidates, db.last_rounds(session), size=size, seed=self.run.run.seed, round=round)
+            rnd = open_round(self.state, cohort, self.pipeline)
+            secure = self.pipeline.mask is not None
+            stage, seconds = ("advertise", self.secagg_deadlines.advertise_seconds) if secure else ("collect", self.scheduling.deadline_seconds)
+            row = db.RoundRow(round=round, version=self.state.version, status="open", stage=stage, cohort=list(cohort),
+                              target=target, opened_at=now, deadline=now + seconds)
+            session.add(row)
+            session.flush()
+            session.add_all(db.TaskRow(round=round, client_id=c, status="assigned") for c in cohort)
+            db.audit(session, "round_opened", round=round, detail=f"cohort {len(cohort)}, target {target}")
+        self.rnd, self.round_row = rnd, row
+        self.secure, self.secure_metrics = (make_secagg_server(rnd, self.run.run.seed) if secure else None), {}
+        log.info("round %d opened: %d invited, %d needed", round, len(cohort), target)
+
+    # ---- uploads -----------------------------------------------------------------------
+    def precheck(self, client_id: str, round: int, version: int) -> None:
+        """Refuse before the body is read when the task already rules the upload out (checked again on submit)."""
+        with self.lock:
+            try:
+                if self.pipeline.mask is not None:
+                    self._in_stage(client_id, round, "mask")
+                else:
+                    self._check_task(client_id, round, version)
+            except Refused as refusal:
+                with self.store.session() as session:
+                    db.audit(session, "update_refused", client_id=client_id, round=round, detail=refusal.code)
+                raise
+
+    def submit(self, client_id: str, *, round: int, version: int, num_samples: int, metrics: dict[str, float],
+               staged: Staged) -> dict[str, Any]:
+        """Validate a staged upload and accept it, or raise Refused; the staged file is consumed either way."""
+        try:
+            vector = self._read(staged)
+            with self.lock:
+                if self.pipeline.mask is not None:
+                    return self._accept_masked(client_id, round, version, num_samples, metrics, staged, vector)
+                self._check_task(client_id, round, version)
+                update = Update(round, version, client_id, num_samples, vector, metrics)
+                try:
+                    check_update(self.rnd, update)
+                except UpdateRejected as err:
+                    raise Refused(422, "invalid_update", str(err)) from None
+                self._accept(update, staged)
+                return {"accepted": True, "round": round, "sha256": staged.sha256, "size": staged.size}
+        except Refused as refusal:
+            self.blobs.discard(staged)
+            self._audit_refusal(client_id, round, staged, refusal)
+            raise
+
+    def _read(self, staged: Staged) -> np.ndarray:
+        read = read_masked if self.pipeline.mask is not None else read_update
+        try:
+            return read(staged.path, size=self.state.global_vector.size)
+        except MalformedUpdate as err:
+            raise Refused(400, "malformed_update", str(err)) from None
+
+    def _check_task(self, client_id: str, round: int, version: int) -> None:
+        rnd = self.rnd
+        if rnd is None or round != rnd.round:
+            where = "no round is open" if rnd is None else f"the open round is {rnd.round}"
+            status = 409 if round <= self.state.rounds_done + 1 else 404
+            raise Refused(status, "round_not_open", f"round {round} is not open ({where}); a late update is not accepted")
+        if client_id not in rnd.cohort:
+            raise Refused(403, "not_in_cohort", f"client {client_id} was not invited to round {round}")
+        if client_id in rnd.weights or client_id in rnd.failed:
+            raise Refused(409, "already_answered", f"client {client_id} already answered round {round}; a replay is refused")
+        if version != rnd.version:
+            raise Refused(409, "wrong_version", f"round {round} trains from version {rnd.version}, the update says {version}")
+
+    def _accept(self, update: Update, staged: Staged) -> None:
+        sha = self.blobs.commit(staged)
+        with self.store.session() as session:
+            session.add(db.UpdateRow(round=update.round, client_id=update.client_id, version=update.version, sha256=sha,
+                                     size=staged.size, num_samples=update.num_samples,
+                                     metrics={k: float(v) for k, v in update.metrics.items()}, received_at=self.clock()))
+            session.get(db.TaskRow, (update.round, update.client_id)).status = "accepted"
+            db.audit(session, "update_accepted", client_id=update.client_id, round=update.round, size=staged.size, sha256=sha)
+        accept_update(self.rnd, update)  # only after the commit: a crash before it loses nothing accepted
+        log.info("accepted update round=%d client=%s size=%d sha256=%s", update.round, update.client_id, staged.size, sha)
+        if len(self.rnd.weights) >= self.round_row.target:
+            self._close("target reached")
+
+    def _audit_refusal(self, client_id: str, round: int, staged: Staged, refusal: Refused) -> None:
+        with self.store.session() as session:
+            db.audit(session, "update_refused", client_id=client_id, round=round, size=staged.size, sha256=staged.sha256,
+                     detail=refusal.code)
+        log.info("refused update round=%s client=%s size=%d code=%s", round, client_id, staged.size, refusal.code)
+
+    # ---- closing ------------------------------------------------------------------------
+    def _close(self, reason: str) -> None:
+        rnd, row = self.rnd, self.round_row
+        for client in rnd.cohort:
+            if client not in rnd.weights and client not in rnd.failed:
+                mark_failed(rnd, client)
+        new_state, outcome = close_round(self.state, rnd)
+        metrics = self._round_metrics(rnd, reason)
+        with self.store.session() as session:
+            if outcome.committed:
+                self._commit_new_version(session, new_state, rnd.round, metrics)
+            self._record_ledger(session, new_state, rnd.round)
+            closed = session.get(db.RoundRow, rnd.round)
+            closed.status, closed.closed_at = "closed", self.clock()
+            for client in outcome.failed:
+                session.get(db.TaskRow, (rnd.round, client)).status = "failed"
+            for client in outcome.accepted:
+                session.get(db.ClientRow, client).last_round = rnd.round
+            db.audit(session, "round_closed", round=rnd.round,
+                     detail=f"{reason}; {len(outcome.accepted)} accepted, {len(outcome.failed)} failed, v{outcome.version}")
+        self.state, self.rnd, self.round_row, self.secure, self.secure_metrics = new_state, None, None, None, {}
+        log.info("round %d closed (%s): version %d", rnd.round, reason, outcome.version)
+
+    def _round_metrics(self, rnd: OpenRound, reason: str) -> dict[str, Any]:
+        losses = [(m["train_loss"], rnd.weights[c]) for c, m in rnd.metrics.items() if "train_loss" in m]
+        train_loss = float(np.average([l for l, _ in losses], weights=[w for _, w in losses])) if losses else None
+        return {"accepted": len(rnd.weights), "failed": len(rnd.failed), "cohort": len(rnd.cohort),
+                "train_loss": train_loss, "closed_by": reason}
+
+    def _commit_new_version(self, session: Any, state: ServerState, round: int, metrics: dict[str, Any]) -> None:
+        if self.evaluator is not None:
+            metrics["eval_loss"] = float(self.evaluator(state.global_vector))
+        production = db.production_version(session)
+        production_row = session.get(db.VersionRow, production) if production is not None else None
+        production_loss = production_row.metrics.get("eval_loss") if production_row is not None else None
+        promote = should_promote(metrics.get("eval_loss"), production_loss, self.registry.canary_margin)
+        self._commit_version(session, state, round=round, metrics=metrics, status="promoted" if promote else "held")
+        if promote:
+            db.set_production(session, state.version)
+        else:
+            db.audit(session, "canary_held", round=round, detail=f"v{state.version} eval loss {metrics['eval_loss']:.4f} "
+                     f"worse than production v{production} {production_loss:.4f} by more than the margin")
+
+    def _record_ledger(self, session: Any, state: ServerState, round: int) -> None:
+        plan = self.pipeline.privacy
+        if plan is None or state.ledger.last_round != round:
+            return
+        from fedlm.privacy.ledger import PrivacyLedger
+
+        entry = PrivacyLedger(state.ledger.entries[-1:]).to_json()
+        epsilon = plan.epsilon(state.ledger)
+        session.add(db.LedgerRow(round=round, event=entry, epsilon=epsilon if math.isfinite(epsilon) else -1.0))

@@ -1,0 +1,89 @@
+"""The model registry: every round commits a version; a canary gate decides which one serves.
+
+A new version whose held-out evaluation loss is worse than the production version's by
+more than `registry.canary_margin` is kept (training goes on from it: one noisy round
+must not fork the run) but not promoted; `rollback` points production at any stored
+version. Export writes a version as a PEFT adapter directory that loads as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedlm.config import RunConfig
+from fedlm.service import store as db
+from fedlm.service.blobs import BlobStore
+from fedlm.service.payloads import decode_state
+
+Evaluator = Callable[[np.ndarray], float]
+
+
+def should_promote(new_loss: float | None, production_loss: float | None, margin: float) -> bool:
+    """Promote unless both losses are known and the new one is worse by more than `margin`."""
+    if new_loss is None or production_loss is None or not math.isfinite(production_loss):
+        return True
+    return math.isfinite(new_loss) and new_loss <= production_loss + margin
+
+
+def list_versions(store: db.Store) -> list[dict[str, Any]]:
+    with store.session() as session:
+        production = db.production_version(session)
+        return [
+            {"version": v.version, "round": v.round, "status": v.status, "production": v.version == production,
+             "global_sha256": v.global_sha256, "metrics": v.metrics, "created_at": v.created_at}
+            for v in db.versions(session)
+        ]
+
+
+def rollback(store: db.Store, version: int) -> None:
+    """Point production at `version`; refused for a version that does not exist."""
+    with store.session() as session:
+        if session.get(db.VersionRow, version) is None:
+            raise ValueError(f"no model version {version}; `fedlm models list` shows them")
+        previous = db.production_version(session)
+        db.set_production(session, version)
+        db.audit(session, "rollback", detail=f"production {previous} -> {version}")
+
+
+def version_vector(store: db.Store, blobs: BlobStore, version: int) -> np.ndarray:
+    with store.session() as session:
+        row = session.get(db.VersionRow, version)
+        if row is None:
+            raise ValueError(f"no model version {version}; `fedlm models list` shows them")
+        sha = row.state_sha256
+    return decode_state(blobs.read(sha)).global_vector
+
+
+def export_version(store: db.Store, blobs: BlobStore, run: RunConfig, version: int, directory: Path) -> Path:
+    """Write `version` as a PEFT adapter dir (adapter_config.json + adapter_model.safetensors)."""
+    from fedlm.models.base import load_base_model
+    from fedlm.models.lora import attach_lora, export_adapter
+
+    vector = version_vector(store, blobs, version)
+    adapter = attach_lora(load_base_model(run.model.name), run.lora, seed=run.run.seed)
+    if vector.size != adapter.shared_spec.size:
+        raise ValueError(f"version {version} holds {vector.size} values; the run config's adapter has {adapter.shared_spec.size}")
+    return export_adapter(adapter, vector, Path(directory))
+
+
+def make_evaluator(adapter: Any, tokenizer: Any, run: RunConfig, eval_data: Path, *, max_sequences: int) -> Evaluator:
+    """Held-out loss of a global vector over the server's evaluation folder (fedlm folder layout)."""
+    from fedlm.data.blocks import concat_blocks, pack_texts
+    from fedlm.data.folders import load_folder
+    from fedlm.eval.metrics import evaluate
+
+    dataset = load_folder(eval_data, test_fraction=0.5, seed=run.run.seed)
+    parts = [pack_texts(tokenizer, list(c.train) + list(c.test), run.data.seq_len) for c in dataset.clients]
+    blocks = concat_blocks(parts, run.data.seq_len).head(max_sequences)
+
+    def held_out_loss(vector: np.ndarray) -> float:
+        adapter.write_shared(vector)
+        adapter.write_private(adapter.initial_private)
+        return evaluate(adapter.model, blocks, batch_size=run.eval.batch_size).loss
+
+    return held_out_loss

@@ -1,0 +1,80 @@
+"""Assemble a running coordinator from server.toml: model, pipeline, store, blobs, verifier, app, uvicorn.
+
+The server loads the base model once, for the initial adapter (global version 0), the
+update layout, exports and the canary gate's held-out evaluation; clients load their own.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from fedlm.config import ConfigError, RunConfig
+from fedlm.service.app import create_app
+from fedlm.service.blobs import BlobStore
+from fedlm.service.certs import ClientVerifier
+from fedlm.service.coordinator import Coordinator
+from fedlm.service.registry import make_evaluator
+from fedlm.service.settings import ServiceSettings
+from fedlm.service.store import Store
+from fedlm.service.tls import MutualTlsH11Protocol
+
+
+@dataclass
+class Runtime:
+    settings: ServiceSettings
+    run: RunConfig
+    coordinator: Coordinator
+    app: Any
+
+
+def population_of(settings: ServiceSettings, run: RunConfig) -> int:
+    """The population the DP accountant assumes; without DP only a display value."""
+    population = settings.scheduling.population
+    if run.privacy.enabled and population < run.federation.clients_per_round:
+        raise ConfigError("scheduling.population: must be set (>= federation.clients_per_round) with differential privacy")
+    return population or run.federation.clients_per_round
+
+
+def build_runtime(settings: ServiceSettings) -> Runtime:
+    from fedlm.models.base import load_base_model
+    from fedlm.models.lora import attach_lora
+    from fedlm.privacy.plan import make_privacy_plan
+    from fedlm.updates.build import build_pipeline
+
+    run = settings.run_config()
+    population = population_of(settings, run)
+    base = load_base_model(run.model.name)
+    adapter = attach_lora(base, run.lora, seed=run.run.seed)
+    plan = make_privacy_plan(run.privacy, run.federation, population)
+    pipeline = build_pipeline(run.strategy, run.lora, adapter.shared_spec, plan, run.compression, run.secagg)
+    evaluator = None
+    if settings.registry.eval_data:
+        evaluator = make_evaluator(adapter, base.tokenizer, run, settings.path(settings.registry.eval_data),
+                                   max_sequences=settings.registry.eval_max_sequences)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    coordinator = Coordinator(
+        Store(settings.database_url), BlobStore(settings.data_dir / "blobs"), run=run, pipeline=pipeline,
+        initial_global=adapter.initial_shared, scheduling=settings.scheduling, registry=settings.registry, evaluator=evaluator,
+        secagg=settings.secagg,
+    )
+    crl = settings.path(settings.tls.crl) if settings.tls.crl else None
+    verifier = ClientVerifier(settings.path(settings.tls.ca), crl)
+    app = create_app(coordinator, verifier, max_upload_bytes=settings.server.max_upload_bytes, population=population,
+                     tick_seconds=settings.server.tick_seconds)
+    return Runtime(settings, run, coordinator, app)
+
+
+def uvicorn_config(runtime: Runtime) -> Any:
+    """uvicorn under mutual TLS: a client certificate signed by the CA is required for the handshake."""
+    import uvicorn
+
+    tls = runtime.settings.tls
+    path = runtime.settings.path
+    return uvicorn.Config(
+        runtime.app, host=runtime.settings.server.host, port=runtime.settings.server.port,
+        ssl_certfile=str(path(tls.cert)), ssl_keyfile=str(path(tls.key)), ssl_ca_certs=str(path(tls.ca)),
+        ssl_cert_reqs=ssl.CERT_REQUIRED, http=MutualTlsH11Protocol, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=2,
+    )

@@ -1,0 +1,162 @@
+"""The coordinator's own settings, read from server.toml: network, TLS, store, scheduling, registry, SecAgg stages.
+
+The federated run itself (model, LoRA, client training, strategy, privacy) stays a
+`RunConfig`, named by `server.run_config`; this file says only how the service runs it.
+Every key is checked like the run config's: an unknown key or a bad value is refused
+with a message naming it. Relative paths are taken from the folder of server.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedlm.config import ConfigError, RunConfig, load_config
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    host: str = "127.0.0.1"  # address uvicorn binds
+    port: int = 8443
+    data_dir: str = "fedlm-server"  # blobs/ and (by default) the SQLite file live here
+    database_url: str = ""  # SQLAlchemy URL; "" = sqlite:///<data_dir>/fedlm.db
+    run_config: str = ""  # the RunConfig TOML (model, lora, client, strategy, ...); "" = defaults
+    max_upload_bytes: int = 64 * 2**20  # an upload body past this is refused with 413 while streaming
+    tick_seconds: float = 0.5  # how often deadlines and round opening are checked
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.port <= 65535, "server.port", "must be in [1, 65535]")
+        _require(bool(self.data_dir), "server.data_dir", "must not be empty")
+        _require(self.max_upload_bytes >= 1024, "server.max_upload_bytes", "must be >= 1024")
+        _require(self.tick_seconds > 0, "server.tick_seconds", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    cert: str = "certs/server.pem"  # the server's certificate (fedlm certs init writes it)
+    key: str = "certs/server.key"
+    ca: str = "certs/ca.pem"  # client certificates must be signed by this CA
+    crl: str = "certs/crl.pem"  # revocation list; re-read when the file changes; "" = none
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "ca"):
+            _require(bool(getattr(self, name)), f"tls.{name}", "must not be empty: the service always runs mutual TLS")
+
+
+@dataclass(frozen=True)
+class SchedulingSection:
+    over_selection: float = 0.0  # invite this fraction more than federation.clients_per_round
+    deadline_seconds: float = 600.0  # a round closes with what arrived once this has passed
+    availability_seconds: float = 30.0  # a client counts as available if it polled this recently
+    require_charging: bool = False  # eligibility: the client says it is charging
+    require_unmetered: bool = False  # eligibility: the client is on an unmetered network
+    min_free_memory_mb: int = 0  # eligibility: the client reports at least this much free memory
+    regions: tuple[str, ...] = ()  # eligibility: the client's region is one of these; () = any
+    population: int = 0  # the number of clients the DP accountant assumes; needed with privacy
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.over_selection <= 10, "scheduling.over_selection", "must be in [0, 10]")
+        _require(self.deadline_seconds > 0, "scheduling.deadline_seconds", "must be > 0")
+        _require(self.availability_seconds > 0, "scheduling.availability_seconds", "must be > 0")
+        _require(self.min_free_memory_mb >= 0, "scheduling.min_free_memory_mb", "must be >= 0")
+        _require(self.population >= 0, "scheduling.population", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RegistrySection:
+    eval_data: str = ""  # held-out text (fedlm folder layout) for the canary gate; "" = promote every version
+    canary_margin: float = 0.0  # keep, but do not promote, a version whose eval loss is worse by more than this
+    eval_max_sequences: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.canary_margin >= 0, "registry.canary_margin", "must be >= 0")
+        _require(self.eval_max_sequences >= 1, "registry.eval_max_sequences", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SecAggSection:
+    """Deadlines of the SecAgg stages (when the run config has secagg.enabled): a stage closes as soon as
+    every client still in it has answered, or at its deadline with those that did."""
+
+    advertise_seconds: float = 60.0  # cohort clients post their public keys
+    share_seconds: float = 120.0  # clients post sealed shares; they train meanwhile
+    mask_seconds: float = 600.0  # clients finish training and upload their masked input
+    unmask_seconds: float = 60.0  # survivors post the shares that remove the masks
+
+    def __post_init__(self) -> None:
+        for stage in ("advertise", "share", "mask", "unmask"):
+            _require(getattr(self, f"{stage}_seconds") > 0, f"secagg.{stage}_seconds", "must be > 0")
+
+    def seconds(self, stage: str) -> float:
+        return float(getattr(self, f"{stage}_seconds"))
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    server: ServerSection = field(default_factory=ServerSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    scheduling: SchedulingSection = field(default_factory=SchedulingSection)
+    registry: RegistrySection = field(default_factory=RegistrySection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
+    root: Path = Path(".")  # the folder relative paths are taken from (server.toml's)
+
+    def path(self, value: str) -> Path:
+        return (self.root / value).resolve() if value else Path()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.server.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        return self.server.database_url or f"sqlite:///{self.data_dir / 'fedlm.db'}"
+
+    def run_config(self) -> RunConfig:
+        return load_config(self.path(self.server.run_config) if self.server.run_config else None)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    if typing.get_origin(kind) is tuple:
+        _require(isinstance(value, list) and all(isinstance(v, str) for v in value), key, "must be a list of strings")
+        return tuple(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    _require(ok, key, f"must be of type {kind.__name__}, got {value!r}")
+    return value
+
+
+def settings_from_dict(data: dict[str, Any], root: Path = Path(".")) -> ServiceSettings:
+    hints = typing.get_type_hints(ServiceSettings)
+    sections = {f.name for f in dataclasses.fields(ServiceSettings)} - {"root"}
+    unknown = sorted(set(data) - sections)
+    _require(not unknown, unknown[0] if unknown else "", f"unknown table; known: {', '.join(sorted(sections))}")
+    built = {}
+    for name, values in data.items():
+        _require(isinstance(values, dict), name, "must be a table")
+        cls = hints[name]
+        fields = typing.get_type_hints(cls)
+        extra = sorted(set(values) - set(fields))
+        _require(not extra, f"{name}.{extra[0]}" if extra else name, f"unknown setting; known: {', '.join(sorted(fields))}")
+        built[name] = cls(**{k: _coerce(f"{name}.{k}", v, fields[k]) for k, v in values.items()})
+    return ServiceSettings(**built, root=root)
+
+
+def load_settings(path: Path) -> ServiceSettings:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"server config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    return settings_from_dict(data, root=path.resolve().parent)

@@ -1,0 +1,34 @@
+"""server.toml: defaults, paths relative to the file, and refusals that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedlm.config import ConfigError
+from fedlm.service.settings import load_settings, settings_from_dict
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    (tmp_path / "server.toml").write_text('[server]\ndata_dir = "state"\nport = 9000\n[scheduling]\nregions = ["eu"]\n')
+    settings = load_settings(tmp_path / "server.toml")
+    assert settings.server.port == 9000 and settings.scheduling.regions == ("eu",)
+    assert settings.database_url == f"sqlite:///{tmp_path / 'state' / 'fedlm.db'}"
+    assert settings.path(settings.tls.ca) == tmp_path / "certs" / "ca.pem"
+    assert (settings.secagg.seconds("advertise"), settings.secagg.seconds("mask")) == (60.0, 600.0)
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"server": {"prot": 1}}, "server.prot"),
+    ({"servers": {}}, "servers"),
+    ({"server": {"port": 0}}, "server.port"),
+    ({"server": {"port": "80"}}, "server.port"),
+    ({"scheduling": {"over_selection": -1}}, "scheduling.over_selection"),
+    ({"scheduling": {"require_charging": 1}}, "scheduling.require_charging"),
+    ({"tls": {"ca": ""}}, "tls.ca"),
+    ({"registry": {"canary_margin": -0.1}}, "registry.canary_margin"),
+    ({"secagg": {"mask_seconds": 0}}, "secagg.mask_seconds"),
+    ({"secagg": {"share_second": 10}}, "secagg.share_second"),
+])
+def test_bad_settings_are_refused_naming_the_key(data, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        settings_from_dict(data)
