@@ -188,21 +188,23 @@ def test_three_secagg_rounds_survive_a_server_kill_mid_mask_stage(cluster):
     assert any(a.event == "recovered" for a in cluster.rows(db.AuditRow))
 
 
-def test_tls_refuses_no_certificate_and_the_app_refuses_a_revoked_one(cluster):
+def test_no_certificate_gets_a_401_and_a_revoked_one_a_403_over_tls(cluster):
     # Prepare
     if cluster.server is None or cluster.server.poll() is not None:
         cluster.start_server()
     certs.revoke(cluster.root / "certs", cluster.root / "certs" / "clients" / "client-0.pem")
     # Execute
-    with pytest.raises(httpx.TransportError):
-        with cluster.http(None) as anonymous:
-            anonymous.get("/v1/status")
+    with cluster.http(None) as anonymous:
+        nameless = anonymous.get("/v1/status")
+        nameless_metrics = anonymous.get("/metrics")
     with cluster.http("client-0") as revoked:
         refused = revoked.get("/v1/status")
     with cluster.http("client-1") as valid:
         allowed = valid.get("/v1/status")
         metrics = valid.get("/metrics")
     # Assert
+    assert (nameless.status_code, nameless.json()["error"]) == (401, "no_client_certificate")
+    assert nameless_metrics.status_code == 401
     assert (refused.status_code, refused.json()["error"]) == (403, "revoked_certificate")
     assert allowed.status_code == 200 and allowed.json()["finished"] is True
     assert "fedlm_rounds_done 3.0" in metrics.text

@@ -166,7 +166,7 @@ def create_app(coordinator: Coordinator, verifier: ClientVerifier, *, max_upload
     app.include_router(secagg_router(coordinator, identity))
 
     @app.get("/metrics", response_class=Response, include_in_schema=False)
-    def prometheus() -> Response:
+    def prometheus(client: Client) -> Response:  # scrapers present a certificate issued by the CA too
         with coordinator.lock:
             metrics.round.set(coordinator.rnd.round if coordinator.rnd else 0)
             metrics.rounds_done.set(coordinator.state.rounds_done)

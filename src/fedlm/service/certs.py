@@ -1,8 +1,9 @@
 """Identity for mutual TLS: a private CA, the server's certificate, client certificates, a CRL.
 
 Built on the `cryptography` package's x509 API; keys are ECDSA P-256. The client id is
-the certificate's subject CN. TLS (uvicorn, ssl.CERT_REQUIRED) already refuses a peer
-without a certificate chaining to the CA; `ClientVerifier` then checks again in the app
+the certificate's subject CN. TLS (uvicorn, ssl.CERT_OPTIONAL) already refuses a peer
+whose certificate does not chain to the CA, and the app refuses a request without one
+(401); `ClientVerifier` then checks a certificate again in the app
 (issuer signature, validity dates, the revocation list, the CN's form) so a revoked
 certificate is refused with a clear 403 and a new CRL takes effect without a restart.
 """

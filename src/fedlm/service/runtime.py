@@ -67,7 +67,9 @@ def build_runtime(settings: ServiceSettings) -> Runtime:
 
 
 def uvicorn_config(runtime: Runtime) -> Any:
-    """uvicorn under mutual TLS: a client certificate signed by the CA is required for the handshake."""
+    """uvicorn under mutual TLS. The handshake asks for a client certificate and refuses one that does
+    not chain to the CA; a request that brings none reaches the app, which refuses it with a 401 and a
+    message saying what is missing (a handshake failure would tell the user nothing)."""
     import uvicorn
 
     tls = runtime.settings.tls
@@ -75,6 +77,6 @@ def uvicorn_config(runtime: Runtime) -> Any:
     return uvicorn.Config(
         runtime.app, host=runtime.settings.server.host, port=runtime.settings.server.port,
         ssl_certfile=str(path(tls.cert)), ssl_keyfile=str(path(tls.key)), ssl_ca_certs=str(path(tls.ca)),
-        ssl_cert_reqs=ssl.CERT_REQUIRED, http=MutualTlsH11Protocol, log_level="warning", access_log=False,
+        ssl_cert_reqs=ssl.CERT_OPTIONAL, http=MutualTlsH11Protocol, log_level="warning", access_log=False,
         timeout_graceful_shutdown=2,
     )

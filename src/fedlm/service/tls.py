@@ -1,6 +1,6 @@
 """Hand the TLS peer certificate to the app, as the ASGI TLS extension describes it.
 
-uvicorn (0.54 here) verifies client certificates (ssl_cert_reqs=CERT_REQUIRED,
+uvicorn (0.54 here) verifies client certificates (ssl_cert_reqs=CERT_OPTIONAL,
 ssl_ca_certs) but does not yet put them in the request scope (its tls-extension pull
 requests are unmerged). This protocol subclass reads the peer certificate from the
 connection's SSL object once the handshake is done and adds
