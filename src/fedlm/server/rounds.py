@@ -24,6 +24,8 @@ from fedlm.updates.server import aggregate, apply_ingress, initial_optimizer_sta
 # A weighted update's L2 norm (which bounds every coordinate) may not exceed this: float32
 # tops out at 3.4e38, so this leaves room to sum a hundred million such updates.
 MAX_WEIGHTED_MAGNITUDE = 1e30
+# float32 rounding of a clipped update's norm stays well inside this factor of the clip norm.
+CLIP_TOLERANCE = 1.0 + 1e-4
 # More samples than any client holds; bounds the weight so it is always a finite float32.
 MAX_SAMPLES = 2**31 - 1
 
@@ -131,6 +133,9 @@ def check_update(rnd: OpenRound, update: Update) -> None:
         raise UpdateRejected(f"update from {who} has non-finite values or is too large (its norm overflows float32)")
     weight = client_weight(update.num_samples, rnd.pipeline.weighting)
     norm = squared**0.5
+    if enforces_clip(rnd.pipeline) and norm > rnd.clip_norm * CLIP_TOLERANCE:
+        raise UpdateRejected(f"update from {who} has norm {norm:.6g}, past the clip norm {rnd.clip_norm:.6g} "
+                             "that central DP's noise is calibrated to")
     if weight * norm > MAX_WEIGHTED_MAGNITUDE:
         raise UpdateRejected(f"update from {who} is too large: weight {weight:.3g} x norm {norm:.3g}")
     bad = [k for k, v in update.metrics.items() if not isinstance(k, str) or not _is_finite_number(v)]
@@ -142,6 +147,11 @@ def check_update(rnd: OpenRound, update: Update) -> None:
 
 def _is_finite_number(value: object) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def enforces_clip(pipeline: Pipeline) -> bool:
+    """Central DP: the server sees each clipped update, so it can hold clients to the clip norm."""
+    return pipeline.privacy is not None and pipeline.privacy.placement == "central"
 
 
 def is_adaptive(pipeline: Pipeline) -> bool:
