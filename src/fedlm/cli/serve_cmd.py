@@ -18,14 +18,16 @@ def serve_command(config: Path = typer.Option(..., "--config", help="server.toml
     from fedlm.config import ConfigError
     from fedlm.service.runtime import build_runtime, uvicorn_config
     from fedlm.service.settings import load_settings
+    from fedlm.service.structured_logs import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format='{"at": "%(asctime)s", "logger": "%(name)s", "message": "%(message)s"}')
     try:
         settings = load_settings(config)
+        configure_logging(settings.server.log_format)
         runtime = build_runtime(settings)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
-    server = settings.server
-    console.print(f"fedlm coordinator on https://{server.host}:{server.port} (mTLS), store {settings.database_url.split('@')[-1]}")
+    server, store = settings.server, settings.database_url.split("@")[-1]
+    logging.getLogger("fedlm.service").info("fedlm coordinator on https://%s:%d (mTLS), store %s", server.host, server.port,
+                                            store, extra={"host": server.host, "port": server.port})
     uvicorn.Server(uvicorn_config(runtime)).run()

@@ -28,7 +28,7 @@ from fedlm.config import config_to_dict
 from fedlm.server.rounds import MAX_SAMPLES
 from fedlm.service.blobs import TooLarge
 from fedlm.service.certs import ClientVerifier
-from fedlm.service.coordinator import Coordinator
+from fedlm.service.coordinator import Coordinator, log_refusal
 from fedlm.service.errors import Refused
 from fedlm.service.metrics import ServiceMetrics
 from fedlm.service.scheduling import Traits
@@ -113,7 +113,8 @@ def create_app(coordinator: Coordinator, verifier: ClientVerifier, *, max_upload
         with coordinator.lock:
             rnd = coordinator.rnd
             return {"rounds_done": coordinator.state.rounds_done, "version": coordinator.state.version,
-                    "open_round": rnd.round if rnd else None, "finished": coordinator.finished}
+                    "open_round": rnd.round if rnd else None, "finished": coordinator.finished,
+                    "privacy": coordinator.privacy_report()}
 
     @app.get("/v1/config")
     def run_config(client: Client) -> dict[str, Any]:
@@ -157,6 +158,8 @@ def create_app(coordinator: Coordinator, verifier: ClientVerifier, *, max_upload
                                               num_samples=num_samples, metrics=values, staged=staged)
         except Refused as err:
             metrics.refused.labels(err.code).inc()
+            if err.code in ("bad_metrics", "too_large"):  # refused here, before the coordinator saw the upload
+                log_refusal(client, round, err)
             raise
         metrics.accepted.inc()
         metrics.bytes_received.inc(receipt["size"])

@@ -14,7 +14,6 @@ to the protocol's server state machine (service.secure_stages); `collect` is the
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from fedlm.service import store as db
 from fedlm.service.blobs import BlobStore, Staged
 from fedlm.service.errors import Refused
 from fedlm.service.payloads import MalformedUpdate, decode_state, encode_state, read_masked, read_update
+from fedlm.service.privacy_budget import budget_stop, privacy_fields
 from fedlm.service.registry import Evaluator, should_promote
 from fedlm.service.scheduling import Traits, ineligibility, invited_count, select_cohort
 from fedlm.service.secagg_codec import parameters_answer
@@ -75,6 +75,9 @@ class Coordinator(SecureStages):
         self.available: dict[str, Available] = {}
         self.secure, self.secure_metrics = None, {}
         self._failed_on_replay: str | None = None
+        # dp-accounting takes ~0.15 s per epsilon (fixed-size sampling): the budget verdict is kept per
+        # (ledger length, rounds done), not recomputed on every poll
+        self._budget_memo: tuple[tuple[int, int], str | None] = ((-1, -1), None)
         self.state, self.rnd, self.round_row = self._recover(initial_global)
         if self._failed_on_replay is not None:  # a logged stage closing failed: the round ends as it would have
             with self.lock:
@@ -111,7 +114,7 @@ class Coordinator(SecureStages):
                         mark_failed(rnd, client)
                 detail = f"{len(rnd.weights)} accepted updates re-folded"
             db.audit(session, "recovered", round=row.round, detail=detail)
-            log.info("recovered round %d: %s", row.round, detail)
+            log.info("recovered round %d: %s", row.round, detail, extra={"round": row.round})
             return state, rnd, row
 
     def _commit_version(self, session: Any, state: ServerState, *, round: int, metrics: dict, status: str) -> db.VersionRow:
@@ -157,8 +160,26 @@ class Coordinator(SecureStages):
         return self.rnd is None and (self.state.rounds_done >= self.run.federation.rounds or self._budget_spent())
 
     def _budget_spent(self) -> bool:
+        return self.budget_stop_reason() is not None
+
+    def budget_stop_reason(self) -> str | None:
+        """Why no further round opens under privacy.target_epsilon (None while the budget allows one)."""
+        key = (len(self.state.ledger.entries), self.state.rounds_done)
+        if self._budget_memo[0] != key:
+            self._budget_memo = (key, budget_stop(self.pipeline.privacy, self.state.ledger, self.state.rounds_done + 1))
+        return self._budget_memo[1]
+
+    def privacy_report(self) -> dict[str, Any] | None:
+        """epsilon after the last closed round (as the ledger table holds it), delta and the budget; None without DP."""
         plan = self.pipeline.privacy
-        return plan is not None and not plan.allows_next_round(self.state.ledger)
+        if plan is None:
+            return None
+        with self.store.session() as session:
+            row = db.latest_ledger_row(session)
+            epsilon, rounds = (0.0, 0) if row is None else (row.epsilon, row.round)
+        return {"epsilon": epsilon if epsilon >= 0 else None, "delta": plan.delta, "accounted_through_round": rounds,
+                "noise_multiplier": plan.noise_multiplier, "placement": plan.placement,
+                "target_epsilon": plan.target_epsilon or None, "stop_reason": self.budget_stop_reason()}
 
     def global_sha(self, version: int) -> str:
         with self.store.session() as session:
@@ -204,7 +225,8 @@ class Coordinator(SecureStages):
             db.audit(session, "round_opened", round=round, detail=f"cohort {len(cohort)}, target {target}")
         self.rnd, self.round_row = rnd, row
         self.secure, self.secure_metrics = (make_secagg_server(rnd, self.run.run.seed) if secure else None), {}
-        log.info("round %d opened: %d invited, %d needed", round, len(cohort), target)
+        log.info("round %d opened: %d invited, %d needed", round, len(cohort), target,
+                 extra={"round": round, "version": self.state.version, "cohort": len(cohort), "target": target, "stage": stage})
 
     # ---- uploads -----------------------------------------------------------------------
     def precheck(self, client_id: str, round: int, version: int) -> None:
@@ -218,6 +240,7 @@ class Coordinator(SecureStages):
             except Refused as refusal:
                 with self.store.session() as session:
                     db.audit(session, "update_refused", client_id=client_id, round=round, detail=refusal.code)
+                log_refusal(client_id, round, refusal)
                 raise
 
     def submit(self, client_id: str, *, round: int, version: int, num_samples: int, metrics: dict[str, float],
@@ -270,7 +293,8 @@ class Coordinator(SecureStages):
             session.get(db.TaskRow, (update.round, update.client_id)).status = "accepted"
             db.audit(session, "update_accepted", client_id=update.client_id, round=update.round, size=staged.size, sha256=sha)
         accept_update(self.rnd, update)  # only after the commit: a crash before it loses nothing accepted
-        log.info("accepted update round=%d client=%s size=%d sha256=%s", update.round, update.client_id, staged.size, sha)
+        log.info("accepted update round=%d client=%s size=%d sha256=%s", update.round, update.client_id, staged.size, sha,
+                 extra={"client_id": update.client_id, "round": update.round, "size": staged.size, "sha256": sha})
         if len(self.rnd.weights) >= self.round_row.target:
             self._close("target reached")
 
@@ -278,7 +302,7 @@ class Coordinator(SecureStages):
         with self.store.session() as session:
             db.audit(session, "update_refused", client_id=client_id, round=round, size=staged.size, sha256=staged.sha256,
                      detail=refusal.code)
-        log.info("refused update round=%s client=%s size=%d code=%s", round, client_id, staged.size, refusal.code)
+        log_refusal(client_id, round, refusal, size=staged.size, sha256=staged.sha256)
 
     # ---- closing ------------------------------------------------------------------------
     def _close(self, reason: str) -> None:
@@ -287,11 +311,15 @@ class Coordinator(SecureStages):
             if client not in rnd.weights and client not in rnd.failed:
                 mark_failed(rnd, client)
         new_state, outcome = close_round(self.state, rnd)
-        metrics = self._round_metrics(rnd, reason)
+        privacy = privacy_fields(self.pipeline.privacy, new_state.ledger)
+        metrics = {**self._round_metrics(rnd, reason), **privacy}
+        stop = budget_stop(self.pipeline.privacy, new_state.ledger, rnd.round + 1)
         with self.store.session() as session:
             if outcome.committed:
                 self._commit_new_version(session, new_state, rnd.round, metrics)
-            self._record_ledger(session, new_state, rnd.round)
+            self._record_ledger(session, new_state, rnd.round, privacy.get("epsilon"))
+            if stop is not None:
+                db.audit(session, "budget_exhausted", round=rnd.round, detail=stop)
             closed = session.get(db.RoundRow, rnd.round)
             closed.status, closed.closed_at = "closed", self.clock()
             for client in outcome.failed:
@@ -301,7 +329,12 @@ class Coordinator(SecureStages):
             db.audit(session, "round_closed", round=rnd.round,
                      detail=f"{reason}; {len(outcome.accepted)} accepted, {len(outcome.failed)} failed, v{outcome.version}")
         self.state, self.rnd, self.round_row, self.secure, self.secure_metrics = new_state, None, None, None, {}
-        log.info("round %d closed (%s): version %d", rnd.round, reason, outcome.version)
+        self._budget_memo = ((len(new_state.ledger.entries), new_state.rounds_done), stop)
+        log.info("round %d closed (%s): version %d", rnd.round, reason, outcome.version,
+                 extra={"round": rnd.round, "version": outcome.version, "accepted": len(outcome.accepted),
+                        "failed": len(outcome.failed), **privacy})
+        if stop is not None:
+            log.info(stop, extra={"round": rnd.round, **privacy})
 
     def _round_metrics(self, rnd: OpenRound, reason: str) -> dict[str, Any]:
         losses = [(m["train_loss"], rnd.weights[c]) for c, m in rnd.metrics.items() if "train_loss" in m]
@@ -323,12 +356,19 @@ class Coordinator(SecureStages):
             db.audit(session, "canary_held", round=round, detail=f"v{state.version} eval loss {metrics['eval_loss']:.4f} "
                      f"worse than production v{production} {production_loss:.4f} by more than the margin")
 
-    def _record_ledger(self, session: Any, state: ServerState, round: int) -> None:
-        plan = self.pipeline.privacy
-        if plan is None or state.ledger.last_round != round:
+    def _record_ledger(self, session: Any, state: ServerState, round: int, epsilon: float | None) -> None:
+        """The round's DP event and epsilon so far (-1 when unbounded) in the privacy_ledger table."""
+        if self.pipeline.privacy is None or state.ledger.last_round != round:
             return
         from fedlm.privacy.ledger import PrivacyLedger
 
         entry = PrivacyLedger(state.ledger.entries[-1:]).to_json()
-        epsilon = plan.epsilon(state.ledger)
-        session.add(db.LedgerRow(round=round, event=entry, epsilon=epsilon if math.isfinite(epsilon) else -1.0))
+        session.add(db.LedgerRow(round=round, event=entry, epsilon=-1.0 if epsilon is None else epsilon))
+
+
+def log_refusal(client_id: str, round: int, refusal: Refused, *, size: int | None = None, sha256: str | None = None) -> None:
+    """One log line per refused upload: ids, size, hash and the refusal code, never the detail (it may quote the body)."""
+    fields = {"client_id": client_id, "round": round, "code": refusal.code, "status": refusal.status}
+    fields.update({k: v for k, v in (("size", size), ("sha256", sha256)) if v is not None})
+    log.info("refused update round=%s client=%s code=%s%s", round, client_id, refusal.code,
+             "" if size is None else f" size={size}", extra=fields)

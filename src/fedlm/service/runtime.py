@@ -78,5 +78,5 @@ def uvicorn_config(runtime: Runtime) -> Any:
         runtime.app, host=runtime.settings.server.host, port=runtime.settings.server.port,
         ssl_certfile=str(path(tls.cert)), ssl_keyfile=str(path(tls.key)), ssl_ca_certs=str(path(tls.ca)),
         ssl_cert_reqs=ssl.CERT_OPTIONAL, http=MutualTlsH11Protocol, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=2,
+        timeout_graceful_shutdown=2, log_config=None,  # uvicorn's own lines go to the root handler (server.log_format)
     )

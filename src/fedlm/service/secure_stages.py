@@ -171,7 +171,8 @@ class SecureStages:
             db.audit(session, "masked_input_accepted", client_id=client_id, round=round, size=staged.size, sha256=sha)
         server.receive_masked(message)
         self.secure_metrics[client_id] = dict(metrics)
-        log.info("accepted masked input round=%d client=%s size=%d sha256=%s", round, client_id, staged.size, sha)
+        log.info("accepted masked input round=%d client=%s size=%d sha256=%s", round, client_id, staged.size, sha,
+                 extra={"client_id": client_id, "round": round, "size": staged.size, "sha256": sha, "stage": "mask"})
         self._after_secagg_answer()
         return {"accepted": True, "round": round, "sha256": sha, "size": staged.size}
 
@@ -216,7 +217,8 @@ class SecureStages:
             row.stage, row.deadline = following, deadline
             db.audit(session, "secagg_stage_closed", round=rnd.round, detail=f"{stage} ({reason}): {len(answered(server))} answered")
         self.round_row.stage, self.round_row.deadline = following, deadline
-        log.info("round %d: SecAgg stage %s closed (%s), %d answered", rnd.round, stage, reason, len(answered(server)))
+        log.info("round %d: SecAgg stage %s closed (%s), %d answered", rnd.round, stage, reason, len(answered(server)),
+                 extra={"round": rnd.round, "stage": stage, "answered": len(answered(server))})
         try:
             close_stage(server, stage)
         except RoundFailed as err:
@@ -243,5 +245,5 @@ class SecureStages:
             for client in rnd.cohort:
                 session.get(db.TaskRow, (rnd.round, client)).status = "failed"
             db.audit(session, "round_abandoned", round=rnd.round, detail=reason)
-        log.info("round %d abandoned, nothing released: %s", rnd.round, reason)
+        log.info("round %d abandoned, nothing released: %s", rnd.round, reason, extra={"round": rnd.round})
         self.state, self.rnd, self.round_row, self.secure, self.secure_metrics = new_state, None, None, None, {}

@@ -32,12 +32,14 @@ class ServerSection:
     run_config: str = ""  # the RunConfig TOML (model, lora, client, strategy, ...); "" = defaults
     max_upload_bytes: int = 64 * 2**20  # an upload body past this is refused with 413 while streaming
     tick_seconds: float = 0.5  # how often deadlines and round opening are checked
+    log_format: str = "text"  # "text" (readable lines) or "json" (one object per line; see service.structured_logs)
 
     def __post_init__(self) -> None:
         _require(1 <= self.port <= 65535, "server.port", "must be in [1, 65535]")
         _require(bool(self.data_dir), "server.data_dir", "must not be empty")
         _require(self.max_upload_bytes >= 1024, "server.max_upload_bytes", "must be >= 1024")
         _require(self.tick_seconds > 0, "server.tick_seconds", "must be > 0")
+        _require(self.log_format in ("text", "json"), "server.log_format", f"must be 'text' or 'json', got {self.log_format!r}")
 
 
 @dataclass(frozen=True)

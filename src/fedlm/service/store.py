@@ -178,6 +178,11 @@ def tasks_of(session: Session, round: int) -> dict[str, str]:
     return {t.client_id: t.status for t in session.scalars(select(TaskRow).where(TaskRow.round == round))}
 
 
+def latest_ledger_row(session: Session) -> LedgerRow | None:
+    """The privacy ledger's row of the last closed DP round (its epsilon covers every round so far)."""
+    return session.scalars(select(LedgerRow).order_by(LedgerRow.round.desc()).limit(1)).first()
+
+
 def production_version(session: Session) -> int | None:
     row = session.get(PointerRow, "production")
     return None if row is None else row.version

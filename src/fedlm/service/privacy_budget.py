@@ -1,0 +1,33 @@
+"""What the coordinator reports and enforces of the run's DP plan: epsilon per round, and the budget stop.
+
+The service's side of user-level DP-FedAvg (McMahan, Ramage, Talwar, Zhang 2018,
+arXiv:1710.06963), mirroring the simulation (sim.engine.privacy_fields and budget_stop):
+epsilon is always dp-accounting's over the ledger's events, and a round that would take
+epsilon past privacy.target_epsilon is never opened.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fedlm.privacy.ledger import PrivacyLedger
+from fedlm.privacy.plan import PrivacyPlan
+
+
+def privacy_fields(plan: PrivacyPlan | None, ledger: PrivacyLedger) -> dict[str, Any]:
+    """epsilon (None if unbounded), delta and noise multiplier after the ledger's rounds; {} without DP."""
+    if plan is None:
+        return {}
+    epsilon = plan.epsilon(ledger)
+    return {"epsilon": epsilon if math.isfinite(epsilon) else None, "delta": plan.delta,
+            "noise_multiplier": plan.noise_multiplier}
+
+
+def budget_stop(plan: PrivacyPlan | None, ledger: PrivacyLedger, next_round: int) -> str | None:
+    """Why round `next_round` may not open (it would take epsilon past the target), or None."""
+    if plan is None or plan.allows_next_round(ledger):
+        return None
+    after = ledger.epsilon_if(plan.round_event(), delta=plan.delta, accountant=plan.accountant)
+    return (f"privacy budget reached: round {next_round} would take epsilon from {plan.epsilon(ledger):.3f} "
+            f"to {after:.3f}, past privacy.target_epsilon = {plan.target_epsilon}")
