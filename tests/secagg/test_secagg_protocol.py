@@ -200,3 +200,26 @@ def test_a_client_with_too_few_sharing_neighbours_refuses_to_send_its_input():
     with pytest.raises(SecAggError, match="needed to mask its input"):
         clients[a].mask_input(only_one, np.zeros(SIZE, np.uint32), _stream())
     assert clients[a].stage == "mask"
+
+
+def test_a_client_offered_too_few_neighbour_keys_sits_the_round_out():
+    # one client is handed a single neighbour's keys (t = 5 of k = 9): it cannot share its
+    # secrets, so it falls silent; the others never mask with it and their sum is exact
+    inputs = make_inputs(10)
+    server = make_server(1, list(inputs), size=SIZE, neighbours=0, threshold=0.5, bound=1.0, rng=np.random.default_rng(5))
+    lonely = server.cohort[0]
+    offer = server.neighbour_keys
+
+    def withheld(client):
+        keys = offer(client)
+        return type(keys)(keys.round, dict(list(keys.keys.items())[:1])) if client == lonely else keys
+
+    server.neighbour_keys = withheld
+
+    def source(client, out):
+        out[:] = inputs[client]
+        return True
+
+    result = run_round(server, source, rounding_rng)
+    assert lonely not in server.sealed and result.survivors == server.cohort[1:]
+    assert np.array_equal(result.total, quantized_sum(server, inputs, result.survivors))

@@ -78,14 +78,20 @@ def run_round(
         server.receive_advert(clock.timed("client", "advertise", clients[c].advertise))
     clock.timed("server", "advertise", server.close_advertising)
     for c in answering("share", list(server.adverts)):
-        message = clock.timed("client", "share", lambda: clients[c].share_keys(server.neighbour_keys(c)))
+        try:
+            message = clock.timed("client", "share", lambda: clients[c].share_keys(server.neighbour_keys(c)))
+        except SecAggError:
+            continue  # too few of its neighbours advertised: it cannot share its secrets and sits out
         clock.timed("server", "share", lambda: server.receive_shares(message))
     clock.timed("server", "share", server.close_sharing)
     stream = MaskStream(server.size)
     mask_inputs(server, clients, answering("mask", list(server.sealed)), source, rngs, clock, stream)
     request = clock.timed("server", "mask", server.close_masking)
     for c in answering("unmask", list(request.survivors)):
-        reply = clock.timed("client", "unmask", lambda: clients[c].unmask(request))
+        try:
+            reply = clock.timed("client", "unmask", lambda: clients[c].unmask(request))
+        except SecAggError:
+            continue  # a client that refuses the request (too few survivors) sends nothing
         clock.timed("server", "unmask", lambda: server.receive_unmask(reply))
     total = clock.timed("server", "unmask", lambda: server.finish(stream))
     return SecureSum(total, server.survivors, server.dropped)
