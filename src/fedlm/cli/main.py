@@ -6,8 +6,7 @@ import warnings
 
 import typer
 
-from fedlm.cli import bench_cmd, config_cmd, models_cmd
-from fedlm.cli import certs_cmd, privacy_cmd
+from fedlm.cli import bench_cmd, certs_cmd, config_cmd, experiment_cmd, models_cmd, privacy_cmd
 from fedlm.cli.join_cmd import join_command
 from fedlm.cli.serve_cmd import serve_command
 from fedlm.cli.simulate import simulate_command
@@ -25,6 +24,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(privacy_cmd.app, name="privacy")
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(experiment_cmd.app, name="experiment")
 app.command("serve")(serve_command)
 app.command("join")(join_command)
 app.add_typer(certs_cmd.app, name="certs")

@@ -1,0 +1,177 @@
+"""The compared methods, each trained from the same initial adapter on the same budget.
+
+Centralized and local-only training call the client's own training loop (client.train), so
+they differ from FedAvg only in what data one optimizer sees and for how long; the
+federated methods run the ordinary simulation engine with one configuration each. One
+base model and one adapter serve every method: each starts by writing the adapter's
+initial vectors back, so nothing is reloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedlm.client.train import LocalResult, run_task, train_local
+from fedlm.config import ClientSettings, RunConfig
+from fedlm.core.rng import derive_seed, make_rng
+from fedlm.core.types import Task
+from fedlm.data.blocks import Blocks, batch_order, concat_blocks, iter_batches
+from fedlm.eval.metrics import EvalResult, evaluate
+from fedlm.eval.slices import join_blocks, split_round_robin
+from fedlm.experiment.settings import Budget
+from fedlm.models.lora import Adapter
+from fedlm.privacy.plan import make_privacy_plan
+from fedlm.sim.engine import simulate
+from fedlm.sim.events import SilentReporter
+from fedlm.sim.setup import Simulation
+from fedlm.updates.build import build_pipeline
+
+Log = Callable[[str], None]
+SLICES = ("held_out", "own")
+
+
+@dataclass
+class Bench:
+    """What every method shares: the loaded simulation, the training clients, the slices, the budget."""
+
+    sim: Simulation
+    clients: tuple[str, ...]  # the training clients, sorted
+    held_out: Blocks  # held-out speakers' test lines
+    own: dict[str, Blocks]  # the training clients' own test lines, by client
+    budget: Budget
+
+    @property
+    def seq_len(self) -> int:
+        return self.sim.config.data.seq_len
+
+
+@dataclass
+class MethodResult:
+    name: str
+    slices: dict[str, EvalResult]
+    sequences: int  # training sequences actually trained on
+    seconds: float
+    curve: list[dict[str, float]] = field(default_factory=list)  # federated: held-out after each round
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def reset_adapter(adapter: Adapter) -> None:
+    adapter.write_shared(adapter.initial_shared)
+    adapter.write_private(adapter.initial_private)
+
+
+def evaluate_slices(bench: Bench) -> dict[str, EvalResult]:
+    """The adapter as it stands, on both slices."""
+    model, batch = bench.sim.adapter.model, bench.sim.config.eval.batch_size
+    return {
+        "held_out": evaluate(model, bench.held_out, batch_size=batch),
+        "own": evaluate(model, join_blocks(bench.own, bench.seq_len), batch_size=batch),
+    }
+
+
+def run_base(bench: Bench) -> MethodResult:
+    started = time.perf_counter()
+    reset_adapter(bench.sim.adapter)
+    return MethodResult("base", evaluate_slices(bench), 0, time.perf_counter() - started)
+
+
+def train_centralized(adapter: Adapter, blocks: Blocks, settings: ClientSettings, *, seed: int, name: str = "centralized") -> LocalResult:
+    """`settings.local_steps` steps over `blocks` from the initial adapter, with one optimizer.
+
+    Batches and dropout are drawn as run_task draws those of a client called `name` in
+    round 1, so one FedAvg round in which that client holds all the data must give the
+    same adapter (tests/experiment checks it to float tolerance).
+    """
+    reset_adapter(adapter)
+    order = batch_order(len(blocks), steps=settings.local_steps, batch_size=settings.batch_size,
+                        rng=make_rng(seed, "batches", 1, name))
+    torch.manual_seed(derive_seed(seed, "dropout", 1, name))
+    return train_local(adapter.model, adapter.trainable, iter_batches(blocks, order), settings)
+
+
+def run_centralized(bench: Bench) -> MethodResult:
+    """One optimizer on the union of the training clients' training text, for the whole budget."""
+    started, sim, budget = time.perf_counter(), bench.sim, bench.budget
+    union = concat_blocks([sim.train_blocks(c) for c in bench.clients], bench.seq_len)
+    settings = dataclasses.replace(sim.config.client, local_steps=budget.centralized_steps, batch_size=budget.batch_size)
+    result = train_centralized(sim.adapter, union, settings, seed=sim.config.run.seed)
+    extra = {"steps": result.steps, "union_sequences": len(union), "train_loss": result.mean_loss}
+    return MethodResult("centralized", evaluate_slices(bench), result.steps * budget.batch_size,
+                        time.perf_counter() - started, extra=extra)
+
+
+def run_local_only(bench: Bench) -> MethodResult:
+    """Each training client alone on its own text with an equal share of the budget.
+
+    Its own lines are scored with its own adapter. The held-out speakers' sequences are
+    dealt round-robin to the clients' adapters, so the held-out figure is that of a local
+    model picked at random, at the cost of one evaluation of the slice.
+    """
+    started, sim, budget = time.perf_counter(), bench.sim, bench.budget
+    adapter = sim.adapter
+    settings = dataclasses.replace(sim.config.client, local_steps=budget.local_steps, batch_size=budget.local_batch_size)
+    held_out_parts = split_round_robin(bench.held_out, len(bench.clients))
+    buffer = np.empty_like(adapter.initial_shared)
+    totals = {name: EvalResult() for name in SLICES}
+    sequences, batch = 0, sim.config.eval.batch_size
+    for client, held_out in zip(bench.clients, held_out_parts, strict=True):
+        update = run_task(
+            adapter, Task(round=1, version=0, client_id=client), global_vector=adapter.initial_shared,
+            private_vector=adapter.initial_private.copy(), train_blocks=sim.train_blocks(client),
+            settings=settings, seed=sim.config.run.seed, out=buffer,
+        )
+        sequences += int(update.metrics["steps"]) * settings.batch_size
+        adapter.write_shared(adapter.initial_shared + update.vector)  # the client's trained adapter
+        totals["held_out"] = totals["held_out"] + evaluate(adapter.model, held_out, batch_size=batch)
+        if client in bench.own:
+            totals["own"] = totals["own"] + evaluate(adapter.model, bench.own[client], batch_size=batch)
+    extra = {"clients": len(bench.clients), "steps_per_client": budget.local_steps, "batch_size": settings.batch_size}
+    return MethodResult("local_only", totals, sequences, time.perf_counter() - started, extra=extra)
+
+
+class RoundLog(SilentReporter):
+    """Says one line a round, so a long comparison shows it is alive."""
+
+    def __init__(self, name: str, log: Log) -> None:
+        self.name, self.log = name, log
+
+    def round_done(self, record: dict[str, Any]) -> None:
+        self.log(f"  {self.name} round {record['round']}: held-out perplexity {record['eval']['perplexity']:.2f} "
+                 f"({record['seconds']:.0f} s)")
+
+
+def federated_simulation(sim: Simulation, config: RunConfig, population: tuple[str, ...]) -> Simulation:
+    """`sim` with another configuration and population: same model, adapter, data and token cache."""
+    plan = make_privacy_plan(config.privacy, config.federation, len(population))
+    pipeline = build_pipeline(config.strategy, config.lora, sim.adapter.shared_spec, plan, config.compression)
+    return dataclasses.replace(sim, config=config, population=population, pipeline=pipeline, residuals={})
+
+
+def run_federated(bench: Bench, name: str, config: RunConfig, log: Log) -> MethodResult:
+    """The simulation engine over the training clients; held-out perplexity after every round."""
+    started = time.perf_counter()
+    sim = federated_simulation(bench.sim, config, bench.clients)
+    reset_adapter(sim.adapter)
+    result = simulate(sim, RoundLog(name, log))
+    sim.adapter.write_shared(result.state.global_vector)
+    own = evaluate(sim.adapter.model, join_blocks(bench.own, bench.seq_len), batch_size=config.eval.batch_size)
+    slices = {"held_out": result.final_eval, "own": own}  # the engine scored the held-out slice after the last round
+    per_client = config.client.local_steps * config.client.batch_size
+    curve, sequences = [], 0
+    for record in result.records:
+        sequences += record["accepted"] * per_client
+        curve.append({"round": record["round"], "sequences": sequences, "loss": record["eval"]["loss"],
+                      "perplexity": record["eval"]["perplexity"]})
+    last = result.records[-1] if result.records else {}
+    extra = {k: last[k] for k in ("epsilon", "delta", "noise_multiplier", "clip_norm", "bytes_up_per_client", "up_vs_full_model") if k in last}
+    extra.update(rounds=len(result.records), pipeline=sim.pipeline.describe())
+    if result.stop_reason:
+        extra["stop_reason"] = result.stop_reason
+    return MethodResult(name, slices, sequences, time.perf_counter() - started, curve, extra)
