@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fedlm simulate --out runs/demo
+	$(BIN)/fedlm simulate --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type, or out of range."""
 
 
-def _require(ok: bool, key: str, message: str) -> None:
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise ConfigError naming `key` unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}: {message}")
 
@@ -38,7 +39,7 @@ class RunSettings:
     seed: int = 0  # derives every random draw: sampling, splits, batches, LoRA init
 
     def __post_init__(self) -> None:
-        _require(self.seed >= 0, "run.seed", "must be >= 0")
+        require(self.seed >= 0, "run.seed", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class ModelSettings:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
     def __post_init__(self) -> None:
-        _require(bool(self.name), "model.name", "must not be empty")
-        _require(self.threads >= 0, "model.threads", "must be >= 0")
+        require(bool(self.name), "model.name", "must not be empty")
+        require(self.threads >= 0, "model.threads", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,14 @@ class LoraSettings:
     client_ranks: tuple[int, ...] = ()  # svd only: ranks clients train, assigned by client id (each <= r)
 
     def __post_init__(self) -> None:
-        _require(self.aggregation in LORA_AGGREGATIONS, "lora.aggregation", f"must be one of {LORA_AGGREGATIONS}")
-        _require(all(1 <= k <= self.r for k in self.client_ranks), "lora.client_ranks", f"each rank must be in [1, lora.r = {self.r}]")
-        _require(not self.client_ranks or self.aggregation == "svd", "lora.client_ranks",
+        require(self.aggregation in LORA_AGGREGATIONS, "lora.aggregation", f"must be one of {LORA_AGGREGATIONS}")
+        require(all(1 <= k <= self.r for k in self.client_ranks), "lora.client_ranks", f"each rank must be in [1, lora.r = {self.r}]")
+        require(not self.client_ranks or self.aggregation == "svd", "lora.client_ranks",
                  "heterogeneous ranks need lora.aggregation = 'svd' (fedit and ffa average factors of one rank)")
-        _require(self.r >= 1, "lora.r", "must be >= 1")
-        _require(self.alpha > 0, "lora.alpha", "must be > 0")
-        _require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
-        _require(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
+        require(self.r >= 1, "lora.r", "must be >= 1")
+        require(self.alpha > 0, "lora.alpha", "must be > 0")
+        require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        require(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,11 @@ class DataSettings:
     seq_len: int = 128  # tokens per training/evaluation sequence (texts are packed)
 
     def __post_init__(self) -> None:
-        _require(self.source in ("shakespeare", "folder"), "data.source", "must be 'shakespeare' or 'folder'")
-        _require(self.source != "folder" or bool(self.path), "data.path", "is required when data.source = 'folder'")
-        _require(self.min_lines >= 1, "data.min_lines", "must be >= 1")
-        _require(0 < self.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
-        _require(8 <= self.seq_len <= 4096, "data.seq_len", "must be in [8, 4096]")
+        require(self.source in ("shakespeare", "folder"), "data.source", "must be 'shakespeare' or 'folder'")
+        require(self.source != "folder" or bool(self.path), "data.path", "is required when data.source = 'folder'")
+        require(self.min_lines >= 1, "data.min_lines", "must be >= 1")
+        require(0 < self.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
+        require(8 <= self.seq_len <= 4096, "data.seq_len", "must be in [8, 4096]")
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,11 @@ class FederationSettings:
     sample_rate: float = 0.0  # q for sampling = "poisson"
 
     def __post_init__(self) -> None:
-        _require(self.rounds >= 1, "federation.rounds", "must be >= 1")
-        _require(self.clients_per_round >= 1, "federation.clients_per_round", "must be >= 1")
-        _require(self.sampling in ("fixed", "poisson"), "federation.sampling", "must be 'fixed' or 'poisson'")
+        require(self.rounds >= 1, "federation.rounds", "must be >= 1")
+        require(self.clients_per_round >= 1, "federation.clients_per_round", "must be >= 1")
+        require(self.sampling in ("fixed", "poisson"), "federation.sampling", "must be 'fixed' or 'poisson'")
         if self.sampling == "poisson":
-            _require(0 < self.sample_rate <= 1, "federation.sample_rate", "must be in (0, 1] with poisson sampling")
+            require(0 < self.sample_rate <= 1, "federation.sample_rate", "must be in (0, 1] with poisson sampling")
 
 
 @dataclass(frozen=True)
@@ -114,13 +115,13 @@ class ClientSettings:
     prox_mu: float = 0.0  # FedProx proximal term mu/2 * ||w - global||^2 on shared parameters; 0 = off
 
     def __post_init__(self) -> None:
-        _require(self.prox_mu >= 0, "client.prox_mu", "must be >= 0")
-        _require(self.local_steps >= 1, "client.local_steps", "must be >= 1")
-        _require(self.batch_size >= 1, "client.batch_size", "must be >= 1")
-        _require(self.lr > 0, "client.lr", "must be > 0")
-        _require(self.optimizer in ("adamw", "sgd"), "client.optimizer", "must be 'adamw' or 'sgd'")
-        _require(self.weight_decay >= 0, "client.weight_decay", "must be >= 0")
-        _require(0 <= self.momentum < 1, "client.momentum", "must be in [0, 1)")
+        require(self.prox_mu >= 0, "client.prox_mu", "must be >= 0")
+        require(self.local_steps >= 1, "client.local_steps", "must be >= 1")
+        require(self.batch_size >= 1, "client.batch_size", "must be >= 1")
+        require(self.lr > 0, "client.lr", "must be > 0")
+        require(self.optimizer in ("adamw", "sgd"), "client.optimizer", "must be 'adamw' or 'sgd'")
+        require(self.weight_decay >= 0, "client.weight_decay", "must be >= 0")
+        require(0 <= self.momentum < 1, "client.momentum", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -140,20 +141,20 @@ class StrategySettings:
     clip_norm: float = 0.0  # client-side: clip each update to L2 norm <= this; 0 = off
 
     def __post_init__(self) -> None:
-        _require(self.server_optimizer in SERVER_OPTIMIZERS, "strategy.server_optimizer", f"must be one of {SERVER_OPTIMIZERS}")
-        _require(self.server_lr > 0, "strategy.server_lr", "must be > 0")
-        _require(0 <= self.server_momentum < 1, "strategy.server_momentum", "must be in [0, 1)")
-        _require(0 <= self.server_beta1 < 1, "strategy.server_beta1", "must be in [0, 1)")
-        _require(0 < self.server_beta2 < 1, "strategy.server_beta2", "must be in (0, 1)")
-        _require(self.server_tau > 0, "strategy.server_tau", "must be > 0")
-        _require(self.server_momentum == 0 or self.server_optimizer == "sgd", "strategy.server_momentum", "applies to the sgd server optimizer only")
-        _require(self.weighting in ("samples", "uniform"), "strategy.weighting", "must be 'samples' or 'uniform'")
-        _require(self.aggregator in AGGREGATORS, "strategy.aggregator", f"must be one of {AGGREGATORS}")
-        _require(0 <= self.trim_fraction < 0.5, "strategy.trim_fraction", "must be in [0, 0.5)")
-        _require(self.num_byzantine >= 0, "strategy.num_byzantine", "must be >= 0")
-        _require(self.krum_selected >= 0, "strategy.krum_selected", "must be >= 0")
-        _require(self.norm_bound >= 0, "strategy.norm_bound", "must be >= 0 (0 = off)")
-        _require(self.clip_norm >= 0, "strategy.clip_norm", "must be >= 0 (0 = off)")
+        require(self.server_optimizer in SERVER_OPTIMIZERS, "strategy.server_optimizer", f"must be one of {SERVER_OPTIMIZERS}")
+        require(self.server_lr > 0, "strategy.server_lr", "must be > 0")
+        require(0 <= self.server_momentum < 1, "strategy.server_momentum", "must be in [0, 1)")
+        require(0 <= self.server_beta1 < 1, "strategy.server_beta1", "must be in [0, 1)")
+        require(0 < self.server_beta2 < 1, "strategy.server_beta2", "must be in (0, 1)")
+        require(self.server_tau > 0, "strategy.server_tau", "must be > 0")
+        require(self.server_momentum == 0 or self.server_optimizer == "sgd", "strategy.server_momentum", "applies to the sgd server optimizer only")
+        require(self.weighting in ("samples", "uniform"), "strategy.weighting", "must be 'samples' or 'uniform'")
+        require(self.aggregator in AGGREGATORS, "strategy.aggregator", f"must be one of {AGGREGATORS}")
+        require(0 <= self.trim_fraction < 0.5, "strategy.trim_fraction", "must be in [0, 0.5)")
+        require(self.num_byzantine >= 0, "strategy.num_byzantine", "must be >= 0")
+        require(self.krum_selected >= 0, "strategy.krum_selected", "must be >= 0")
+        require(self.norm_bound >= 0, "strategy.norm_bound", "must be >= 0 (0 = off)")
+        require(self.clip_norm >= 0, "strategy.clip_norm", "must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -169,14 +170,14 @@ class PrivacySettings:
     count_noise_multiplier: float = 0.0  # adaptive clipping: noise on the unclipped count; 0 = expected cohort / 20
 
     def __post_init__(self) -> None:
-        _require(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0 (0 = off)")
-        _require(self.placement in ("central", "distributed"), "privacy.placement", "must be 'central' or 'distributed'")
-        _require(0 <= self.delta < 1, "privacy.delta", "must be in [0, 1) (0 = 1 / population^1.1)")
-        _require(self.accountant in ("rdp", "pld"), "privacy.accountant", "must be 'rdp' or 'pld'")
-        _require(self.target_epsilon >= 0, "privacy.target_epsilon", "must be >= 0 (0 = no budget)")
-        _require(0 < self.target_quantile < 1, "privacy.target_quantile", "must be in (0, 1)")
-        _require(self.clip_lr > 0, "privacy.clip_lr", "must be > 0")
-        _require(self.count_noise_multiplier >= 0, "privacy.count_noise_multiplier", "must be >= 0")
+        require(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0 (0 = off)")
+        require(self.placement in ("central", "distributed"), "privacy.placement", "must be 'central' or 'distributed'")
+        require(0 <= self.delta < 1, "privacy.delta", "must be in [0, 1) (0 = 1 / population^1.1)")
+        require(self.accountant in ("rdp", "pld"), "privacy.accountant", "must be 'rdp' or 'pld'")
+        require(self.target_epsilon >= 0, "privacy.target_epsilon", "must be >= 0 (0 = no budget)")
+        require(0 < self.target_quantile < 1, "privacy.target_quantile", "must be in (0, 1)")
+        require(self.clip_lr > 0, "privacy.clip_lr", "must be > 0")
+        require(self.count_noise_multiplier >= 0, "privacy.count_noise_multiplier", "must be >= 0")
 
     @property
     def enabled(self) -> bool:
@@ -192,12 +193,12 @@ class CompressionSettings:
     fraction: float = 1.0  # sparsify: share of coordinates sent
 
     def __post_init__(self) -> None:
-        _require(self.quantize_bits in (0, 4, 8), "compression.quantize_bits", "must be 0 (off), 4 or 8")
-        _require(self.chunk >= 1, "compression.chunk", "must be >= 1")
-        _require(not self.rotate or self.quantize_bits > 0, "compression.rotate", "only applies with compression.quantize_bits")
-        _require(self.sparsify in ("none", "random", "top_k"), "compression.sparsify", "must be 'none', 'random' or 'top_k'")
-        _require(0 < self.fraction <= 1, "compression.fraction", "must be in (0, 1]")
-        _require(self.sparsify != "none" or self.fraction == 1, "compression.fraction", "needs compression.sparsify")
+        require(self.quantize_bits in (0, 4, 8), "compression.quantize_bits", "must be 0 (off), 4 or 8")
+        require(self.chunk >= 1, "compression.chunk", "must be >= 1")
+        require(not self.rotate or self.quantize_bits > 0, "compression.rotate", "only applies with compression.quantize_bits")
+        require(self.sparsify in ("none", "random", "top_k"), "compression.sparsify", "must be 'none', 'random' or 'top_k'")
+        require(0 < self.fraction <= 1, "compression.fraction", "must be in (0, 1]")
+        require(self.sparsify != "none" or self.fraction == 1, "compression.fraction", "needs compression.sparsify")
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,8 @@ class SecAggSettings:
     threshold: float = 0.5  # shares that recover a secret: more than this fraction of a client's neighbours
 
     def __post_init__(self) -> None:
-        _require(self.neighbours >= 0, "secagg.neighbours", "must be >= 0 (0 = all others)")
-        _require(0.5 <= self.threshold < 1, "secagg.threshold",
+        require(self.neighbours >= 0, "secagg.neighbours", "must be >= 0 (0 = all others)")
+        require(0.5 <= self.threshold < 1, "secagg.threshold",
                  "must be in [0.5, 1): a majority of neighbours keeps the server from getting both secrets of a client")
 
 
@@ -220,9 +221,9 @@ class EvalSettings:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        _require(self.clients >= 1, "eval.clients", "must be >= 1")
-        _require(self.max_sequences >= 1, "eval.max_sequences", "must be >= 1")
-        _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        require(self.clients >= 1, "eval.clients", "must be >= 1")
+        require(self.max_sequences >= 1, "eval.max_sequences", "must be >= 1")
+        require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -232,11 +233,11 @@ class SimulationSettings:
     address: str = ""  # ray: "" starts a local Ray; "auto" or "ray://host:10001" joins a running cluster
 
     def __post_init__(self) -> None:
-        _require(self.executor in EXECUTORS, "simulation.executor", f"must be one of {EXECUTORS}")
-        _require(self.workers >= 0, "simulation.workers", "must be >= 0 (0 = one per CPU core)")
-        _require(self.executor != "serial" or self.workers <= 1, "simulation.workers",
+        require(self.executor in EXECUTORS, "simulation.executor", f"must be one of {EXECUTORS}")
+        require(self.workers >= 0, "simulation.workers", "must be >= 0 (0 = one per CPU core)")
+        require(self.executor != "serial" or self.workers <= 1, "simulation.workers",
                  "needs simulation.executor = 'processes' or 'ray': the serial executor runs one client at a time")
-        _require(not self.address or self.executor == "ray", "simulation.address", "applies to simulation.executor = 'ray' only")
+        require(not self.address or self.executor == "ray", "simulation.address", "applies to simulation.executor = 'ray' only")
 
 
 @dataclass(frozen=True)
@@ -258,62 +259,63 @@ class RunConfig:
         """Checks that span tables; each message names the setting to change."""
         privacy, strategy = self.privacy, self.strategy
         if privacy.enabled or privacy.adaptive_clip:
-            _require(strategy.clip_norm > 0, "strategy.clip_norm",
+            require(strategy.clip_norm > 0, "strategy.clip_norm",
                      "must be > 0 with differential privacy or adaptive clipping: noise is calibrated to it")
         if privacy.enabled:
-            _require(strategy.weighting == "uniform", "strategy.weighting",
+            require(strategy.weighting == "uniform", "strategy.weighting",
                      "must be 'uniform' with differential privacy: a sample-weighted sum has no fixed sensitivity")
-        _require(privacy.placement != "distributed" or self.federation.sampling == "fixed", "privacy.placement",
+        require(privacy.placement != "distributed" or self.federation.sampling == "fixed", "privacy.placement",
                  "'distributed' needs federation.sampling = 'fixed': each share is calibrated to a known cohort size")
-        _require(not (privacy.enabled and privacy.accountant == "pld" and self.federation.sampling == "fixed"),
+        require(not (privacy.enabled and privacy.accountant == "pld" and self.federation.sampling == "fixed"),
                  "privacy.accountant", "'pld' cannot account fixed-size sampling; use 'rdp' or federation.sampling = 'poisson'")
-        _require(privacy.target_epsilon == 0 or privacy.enabled, "privacy.target_epsilon",
+        require(privacy.target_epsilon == 0 or privacy.enabled, "privacy.target_epsilon",
                  "a privacy budget needs privacy.noise_multiplier > 0")
         if self.secagg.enabled:
-            _require(strategy.clip_norm > 0, "strategy.clip_norm",
+            require(strategy.clip_norm > 0, "strategy.clip_norm",
                      "must be > 0 with secure aggregation: the integer encoding needs a bound on every value")
-            _require(strategy.weighting == "uniform", "strategy.weighting",
+            require(strategy.weighting == "uniform", "strategy.weighting",
                      "must be 'uniform' with secure aggregation: the server cannot weight updates it never sees")
-            _require(not privacy.adaptive_clip, "privacy.adaptive_clip",
+            require(not privacy.adaptive_clip, "privacy.adaptive_clip",
                      "cannot be combined with secure aggregation yet: it counts each client's unclipped bit in the clear")
-            _require(self.simulation.executor == "serial", "simulation.executor",
+            require(self.simulation.executor == "serial", "simulation.executor",
                      "must be 'serial' with secure aggregation: the simulated protocol runs its clients in process")
 
 
-def _coerce(key: str, value: Any, kind: Any) -> Any:
-    """Check one TOML value against the field's annotated type (ints widen to floats)."""
+def coerce_value(key: str, value: Any, kind: Any) -> Any:
+    """Check one TOML value against the field's annotated type (ints widen to floats); ConfigError naming `key`."""
     origin = typing.get_origin(kind)
     if origin is tuple:
-        _require(isinstance(value, list | tuple), key, f"must be a list, got {value!r}")
+        require(isinstance(value, list | tuple), key, f"must be a list, got {value!r}")
         item = typing.get_args(kind)[0]
-        return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+        return tuple(coerce_value(f"{key}[{i}]", v, item) for i, v in enumerate(value))
     if kind is bool:
-        _require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
     elif kind is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
     elif kind is float:
-        _require(isinstance(value, int | float) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        require(isinstance(value, int | float) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
         return float(value)
     elif kind is str:
-        _require(isinstance(value, str), key, f"must be a string, got {value!r}")
+        require(isinstance(value, str), key, f"must be a string, got {value!r}")
     return value
 
 
-def _build_section(name: str, cls: type, values: Any) -> Any:
-    _require(isinstance(values, dict), name, "must be a table")
+def build_section(name: str, cls: type, values: Any) -> Any:
+    """The dataclass `cls` from the TOML table `values`, every key known and type-checked."""
+    require(isinstance(values, dict), name, "must be a table")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
-    _require(not unknown, f"{name}.{unknown[0]}" if unknown else name, f"unknown setting; known: {', '.join(sorted(known))}")
-    return cls(**{k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+    require(not unknown, f"{name}.{unknown[0]}" if unknown else name, f"unknown setting; known: {', '.join(sorted(known))}")
+    return cls(**{k: coerce_value(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     sections = {f.name: f for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(data) - set(sections))
-    _require(not unknown, unknown[0] if unknown else "", f"unknown table; known: {', '.join(sections)}")
+    require(not unknown, unknown[0] if unknown else "", f"unknown table; known: {', '.join(sections)}")
     hints = typing.get_type_hints(RunConfig)
-    return RunConfig(**{k: _build_section(k, hints[k], v) for k, v in data.items()})
+    return RunConfig(**{k: build_section(k, hints[k], v) for k, v in data.items()})
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -351,7 +353,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
     data = config_to_dict(config)
     for section, values in overrides.items():
-        _require(section in data, section, f"unknown table; known: {', '.join(data)}")
+        require(section in data, section, f"unknown table; known: {', '.join(data)}")
         data[section].update(values)
     return config_from_dict(data)
 

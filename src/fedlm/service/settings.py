@@ -15,12 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedlm.config import ConfigError, RunConfig, load_config
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
+from fedlm.config import ConfigError, RunConfig, build_section, load_config, require
 
 
 @dataclass(frozen=True)
@@ -35,11 +30,11 @@ class ServerSection:
     log_format: str = "text"  # "text" (readable lines) or "json" (one object per line; see service.structured_logs)
 
     def __post_init__(self) -> None:
-        _require(1 <= self.port <= 65535, "server.port", "must be in [1, 65535]")
-        _require(bool(self.data_dir), "server.data_dir", "must not be empty")
-        _require(self.max_upload_bytes >= 1024, "server.max_upload_bytes", "must be >= 1024")
-        _require(self.tick_seconds > 0, "server.tick_seconds", "must be > 0")
-        _require(self.log_format in ("text", "json"), "server.log_format", f"must be 'text' or 'json', got {self.log_format!r}")
+        require(1 <= self.port <= 65535, "server.port", "must be in [1, 65535]")
+        require(bool(self.data_dir), "server.data_dir", "must not be empty")
+        require(self.max_upload_bytes >= 1024, "server.max_upload_bytes", "must be >= 1024")
+        require(self.tick_seconds > 0, "server.tick_seconds", "must be > 0")
+        require(self.log_format in ("text", "json"), "server.log_format", f"must be 'text' or 'json', got {self.log_format!r}")
 
 
 @dataclass(frozen=True)
@@ -51,7 +46,7 @@ class TlsSection:
 
     def __post_init__(self) -> None:
         for name in ("cert", "key", "ca"):
-            _require(bool(getattr(self, name)), f"tls.{name}", "must not be empty: the service always runs mutual TLS")
+            require(bool(getattr(self, name)), f"tls.{name}", "must not be empty: the service always runs mutual TLS")
 
 
 @dataclass(frozen=True)
@@ -66,11 +61,11 @@ class SchedulingSection:
     population: int = 0  # the number of clients the DP accountant assumes; needed with privacy
 
     def __post_init__(self) -> None:
-        _require(0 <= self.over_selection <= 10, "scheduling.over_selection", "must be in [0, 10]")
-        _require(self.deadline_seconds > 0, "scheduling.deadline_seconds", "must be > 0")
-        _require(self.availability_seconds > 0, "scheduling.availability_seconds", "must be > 0")
-        _require(self.min_free_memory_mb >= 0, "scheduling.min_free_memory_mb", "must be >= 0")
-        _require(self.population >= 0, "scheduling.population", "must be >= 0")
+        require(0 <= self.over_selection <= 10, "scheduling.over_selection", "must be in [0, 10]")
+        require(self.deadline_seconds > 0, "scheduling.deadline_seconds", "must be > 0")
+        require(self.availability_seconds > 0, "scheduling.availability_seconds", "must be > 0")
+        require(self.min_free_memory_mb >= 0, "scheduling.min_free_memory_mb", "must be >= 0")
+        require(self.population >= 0, "scheduling.population", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -80,8 +75,8 @@ class RegistrySection:
     eval_max_sequences: int = 32
 
     def __post_init__(self) -> None:
-        _require(self.canary_margin >= 0, "registry.canary_margin", "must be >= 0")
-        _require(self.eval_max_sequences >= 1, "registry.eval_max_sequences", "must be >= 1")
+        require(self.canary_margin >= 0, "registry.canary_margin", "must be >= 0")
+        require(self.eval_max_sequences >= 1, "registry.eval_max_sequences", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,7 @@ class SecAggSection:
 
     def __post_init__(self) -> None:
         for stage in ("advertise", "share", "mask", "unmask"):
-            _require(getattr(self, f"{stage}_seconds") > 0, f"secagg.{stage}_seconds", "must be > 0")
+            require(getattr(self, f"{stage}_seconds") > 0, f"secagg.{stage}_seconds", "must be > 0")
 
     def seconds(self, stage: str) -> float:
         return float(getattr(self, f"{stage}_seconds"))
@@ -126,30 +121,12 @@ class ServiceSettings:
         return load_config(self.path(self.server.run_config) if self.server.run_config else None)
 
 
-def _coerce(key: str, value: Any, kind: Any) -> Any:
-    if typing.get_origin(kind) is tuple:
-        _require(isinstance(value, list) and all(isinstance(v, str) for v in value), key, "must be a list of strings")
-        return tuple(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-    _require(ok, key, f"must be of type {kind.__name__}, got {value!r}")
-    return value
-
-
 def settings_from_dict(data: dict[str, Any], root: Path = Path(".")) -> ServiceSettings:
     hints = typing.get_type_hints(ServiceSettings)
     sections = {f.name for f in dataclasses.fields(ServiceSettings)} - {"root"}
     unknown = sorted(set(data) - sections)
-    _require(not unknown, unknown[0] if unknown else "", f"unknown table; known: {', '.join(sorted(sections))}")
-    built = {}
-    for name, values in data.items():
-        _require(isinstance(values, dict), name, "must be a table")
-        cls = hints[name]
-        fields = typing.get_type_hints(cls)
-        extra = sorted(set(values) - set(fields))
-        _require(not extra, f"{name}.{extra[0]}" if extra else name, f"unknown setting; known: {', '.join(sorted(fields))}")
-        built[name] = cls(**{k: _coerce(f"{name}.{k}", v, fields[k]) for k, v in values.items()})
+    require(not unknown, unknown[0] if unknown else "", f"unknown table; known: {', '.join(sorted(sections))}")
+    built = {name: build_section(name, hints[name], values) for name, values in data.items()}
     return ServiceSettings(**built, root=root)
 
 
