@@ -57,23 +57,27 @@ def test_decoded_sum_equals_the_plain_sum_of_quantized_inputs(n, sparse):
     assert np.abs(result.total - sum(inputs.values())).max() <= n / server.encoding.scale + 1e-6
 
 
+@pytest.mark.parametrize("n, t", [(10, 5), (50, 25)])
 @pytest.mark.parametrize("stage", ["advertise", "share", "mask", "unmask"])
-def test_dropouts_up_to_the_threshold_are_recovered(stage):
-    # complete graph, n = 10: k = 9, t = 5; every stage needs t + 1 = 6 answers, so 4 may drop
-    inputs = make_inputs(10)
-    dropped = sorted(inputs)[3:7]
+def test_dropouts_up_to_the_threshold_are_recovered(stage, n, t):
+    # complete graph: k = n - 1, t = floor(k / 2) + 1; every stage needs t + 1 answers, so n - t - 1 may drop
+    inputs = make_inputs(n)
+    dropped = sorted(inputs)[3:3 + n - t - 1]
     server, result = run(inputs, drop={c: stage for c in dropped})
     contributors = [c for c in sorted(inputs) if c not in dropped or stage == "unmask"]
-    assert server.threshold == 5
+    assert server.threshold == t
     assert result.survivors == tuple(contributors)
     assert np.array_equal(result.total, quantized_sum(server, inputs, contributors))
 
 
+@pytest.mark.parametrize("n, t", [(10, 5), (50, 25)])
 @pytest.mark.parametrize("stage", ["advertise", "share", "mask", "unmask"])
-def test_one_dropout_past_the_threshold_fails_the_round_cleanly(stage):
-    inputs = make_inputs(10)
+def test_one_dropout_past_the_threshold_fails_the_round_cleanly(stage, n, t):
+    inputs = make_inputs(n)
+    server = make_server(1, list(inputs), size=SIZE, neighbours=0, threshold=0.5, bound=1.0, rng=np.random.default_rng(1))
     with pytest.raises(RoundFailed):
-        run(inputs, drop={c: stage for c in sorted(inputs)[:5]})
+        run_round(server, lambda c, out: out.fill(0) or True, rounding_rng, drop={c: stage for c in sorted(inputs)[:n - t]})
+    assert server.stage == "failed"
 
 
 def test_a_failed_round_releases_nothing_and_refuses_further_messages():
@@ -92,9 +96,14 @@ def test_sparse_graph_survives_random_dropouts_or_fails_cleanly():
     outcomes = set()
     for trial in range(4):
         drop = {c: str(rng.choice(["share", "mask", "unmask"])) for c in rng.choice(sorted(inputs), 4, replace=False)}
+        server = make_server(1, list(inputs), size=SIZE, neighbours=10, threshold=0.5, bound=1.0,
+                             rng=np.random.default_rng(trial))
         try:
-            server, result = run(inputs, neighbours=10, drop=drop, seed=trial)
+            result = run_round(server, lambda c, out: out.__setitem__(slice(None), inputs[c]) or True, rounding_rng, drop=drop)
         except RoundFailed:
+            assert server.stage == "failed"  # cleanly: no sum can be taken from it
+            with pytest.raises(SecAggError):
+                server.finish()
             outcomes.add("failed")
             continue
         assert np.array_equal(result.total, quantized_sum(server, inputs, result.survivors))
@@ -223,3 +232,13 @@ def test_a_client_offered_too_few_neighbour_keys_sits_the_round_out():
     result = run_round(server, source, rounding_rng)
     assert lonely not in server.sealed and result.survivors == server.cohort[1:]
     assert np.array_equal(result.total, quantized_sum(server, inputs, result.survivors))
+
+
+def test_a_client_refuses_a_threshold_below_a_majority_of_its_neighbours():
+    server = make_server(1, ["a", "b", "c", "d", "e"], size=SIZE, neighbours=0, threshold=0.5, bound=1.0,
+                         rng=np.random.default_rng(0))
+    params = server.parameters("a")
+    weak = type(params)(params.round, params.cohort, params.neighbours, 2, params.size, params.encoding)  # 2 of 4
+    with pytest.raises(SecAggError, match="must be a majority"):
+        SecAggClient("a", weak)
+    SecAggClient("a", params)  # 3 of 4 is fine

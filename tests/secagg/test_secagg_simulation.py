@@ -97,3 +97,17 @@ def test_a_cohort_of_one_releases_nothing():
     trained = []
     assert secure_round(rnd, state.global_vector.size, 0, lambda task, out: trained.append(task)) is None
     assert trained == [] and rnd.weights == {} and not rnd.total.any()
+
+
+def test_secagg_with_a_random_mask_matches_the_run_without_it():
+    # the mask keeps 2 % of coordinates and scales them by 50; updates clipped to a norm of 1e-4
+    # have kept coordinates far past 1e-4 after that scaling: the encoding bound must grow with it
+    sections = {"privacy": {"noise_multiplier": 0.0}, "compression": {"sparsify": "random", "fraction": 0.02},
+                "strategy": {"server_optimizer": "sgd", "server_lr": 1.0, "clip_norm": 1e-4},
+                "federation": {"rounds": 1}}
+    plain_sim = prepare(apply_overrides(BASE, sections))
+    plain = simulate(plain_sim)
+    secure = simulate(prepare(apply_overrides(BASE, {**sections, "secagg": {"enabled": True}})))
+    moved = plain.state.global_vector - plain_sim.adapter.initial_shared
+    assert np.abs(moved).max() > 1e-5
+    assert np.abs(secure.state.global_vector - plain.state.global_vector).max() < 1e-4 * np.abs(moved).max()

@@ -44,6 +44,10 @@ class SecAggClient:
     def __init__(self, client_id: str, params: RoundParameters) -> None:
         if client_id not in params.cohort or client_id in params.neighbours:
             raise SecAggError(f"client {client_id} is not a cohort member with those neighbours")
+        if not 2 * params.threshold > len(params.neighbours) >= params.threshold >= 1:
+            # below a majority, a server that tells half the neighbours "dropped" and half "survived"
+            # could collect both the seed and the key of this client and strip all its masks
+            raise SecAggError(f"threshold {params.threshold} must be a majority of the {len(params.neighbours)} neighbours")
         self.id, self.params = client_id, params
         self.stage = "advertise"
         self._cipher_key = keys.new_private_key()

@@ -19,9 +19,15 @@ PER_UPDATE_METRICS = ("update_norm", "unclipped")
 
 
 def value_bound(pipeline: Pipeline, clip_norm: float) -> float:
-    """A bound on every coordinate of a client's input: the clip norm plus room for its noise share."""
-    share = next((s for s in pipeline.client_steps if s.stage == Stage.NOISE_SHARE), None)
-    if share is None:
-        return clip_norm
-    std = share.param("noise_multiplier") * clip_norm / math.sqrt(share.param("expected_cohort"))
-    return clip_norm + NOISE_MARGIN_STDS * std
+    """A bound on every coordinate of a client's input: the clip norm plus room for its noise share,
+    divided by the kept fraction when a random mask rescales the kept coordinates to stay unbiased."""
+    steps = {s.stage: s for s in pipeline.client_steps}
+    bound = clip_norm
+    share = steps.get(Stage.NOISE_SHARE)
+    if share is not None:
+        std = share.param("noise_multiplier") * clip_norm / math.sqrt(share.param("expected_cohort"))
+        bound += NOISE_MARGIN_STDS * std
+    sparsifier = steps.get(Stage.SPARSIFY)
+    if sparsifier is not None and sparsifier.name == "random_mask":
+        bound /= sparsifier.param("fraction")
+    return bound

@@ -71,11 +71,8 @@ def send(conn: Connection, method: str, path: str, **kwargs: Any) -> None:
 
 
 def checked_parameters(task: dict[str, Any], me: str, size: int) -> RoundParameters:
-    """The task's SecAgg parameters, refused where they would weaken this client's privacy."""
+    """The task's SecAgg parameters (SecAggClient refuses a threshold below a majority of neighbours)."""
     params = codec.parameters_from_answer(task["round"], task["secagg"])
-    if 2 * params.threshold <= len(params.neighbours):
-        raise SecAggError(f"threshold {params.threshold} of {len(params.neighbours)} neighbours is not a majority: "
-                          "the server could gather both secrets of a client")
     if params.size != size:
         raise SecAggError(f"the task masks {params.size} values; the global has {size}")
     return params
