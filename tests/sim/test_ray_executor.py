@@ -93,3 +93,23 @@ def test_an_actor_that_dies_mid_round_is_that_clients_dropout(local_ray):
     assert outcome.failed == ("c3",) and outcome.accepted == ("c0", "c1", "c2", "c4", "c5")
     assert workers == 1
     np.testing.assert_allclose(state.global_vector, 1.0, atol=1e-6)
+
+
+def test_fedlm_simulate_runs_end_to_end_on_local_ray(local_ray, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedlm.cli.main import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "simulate", "--model", "tiny", "--rounds", "2", "--clients-per-round", "3", "--local-steps", "2",
+        "--seq-len", "64", "--set", "eval.clients=2", "--set", "eval.max_sequences=4", "--set", "model.threads=1",
+        "--executor", "ray", "--workers", "2", "--quiet", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_done"] == 2 and summary["version"] == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert [json.loads(line)["accepted"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [3, 3]
