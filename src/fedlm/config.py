@@ -325,16 +325,18 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def load_config(path: Path | None) -> RunConfig:
-    if path is None:
-        return RunConfig()
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The TOML file's tables; ConfigError saying which file is missing or malformed."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    return config_from_dict(data)
+
+
+def load_config(path: Path | None) -> RunConfig:
+    return RunConfig() if path is None else config_from_dict(read_toml(path))
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -10,13 +10,12 @@ federated methods, and the same number for centralized and local-only training.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedlm.config import ConfigError, RunConfig, apply_overrides, coerce_value, config_from_dict
+from fedlm.config import ConfigError, RunConfig, apply_overrides, coerce_value, config_from_dict, read_toml
 
 SECTION = "experiment"
 ADAPTIVE_OPTIMIZERS = ("adam", "yogi")
@@ -156,12 +155,7 @@ def load_files(path: Path | None) -> tuple[RunConfig, dict[str, Any]]:
     """A TOML run config that may also hold an [experiment] table: (run config, that table's values)."""
     if path is None:
         return RunConfig(), {}
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    data = read_toml(path)
     experiment = data.pop(SECTION, {})
     if not isinstance(experiment, dict):
         raise ConfigError(f"{SECTION}: must be a table")

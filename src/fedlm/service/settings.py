@@ -9,13 +9,12 @@ with a message naming it. Relative paths are taken from the folder of server.tom
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedlm.config import ConfigError, RunConfig, build_section, load_config, require
+from fedlm.config import RunConfig, build_section, load_config, read_toml, require
 
 
 @dataclass(frozen=True)
@@ -132,10 +131,4 @@ def settings_from_dict(data: dict[str, Any], root: Path = Path(".")) -> ServiceS
 
 def load_settings(path: Path) -> ServiceSettings:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"server config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    return settings_from_dict(data, root=path.resolve().parent)
+    return settings_from_dict(read_toml(path, "server config"), root=path.resolve().parent)
