@@ -83,3 +83,15 @@ def test_simulate_help_lists_every_setting():
         assert f"{section}:" in result.output
         for key in values:
             assert f"{key}=" in result.output, key
+
+
+def test_the_command_line_loads_without_torch_or_the_service_stack():
+    # `fedlm --help` and argument errors must be instant: heavy libraries load inside the commands
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "peft", "dp_accounting", "fastapi", "sqlalchemy", "ray")
+    code = ("import sys, fedlm.cli.main; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""

@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedlm.secagg.bench import measure
 
 console = Console()
 
@@ -22,6 +21,8 @@ def bench_secagg_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Check that the decoded sum equals the plain sum of the quantized inputs, and time each stage."""
+    from fedlm.secagg.bench import measure  # here, not at import: `fedlm --help` stays fast
+
     try:
         report = measure(clients, params, neighbours=neighbours, dropout=dropout, seed=seed)
     except ValueError as err:

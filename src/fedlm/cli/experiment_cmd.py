@@ -10,8 +10,6 @@ from rich.console import Console
 
 from fedlm.config import ConfigError
 from fedlm.cli.simulate import collect_overrides
-from fedlm.experiment.compare import run_comparison
-from fedlm.experiment.report import markdown_table, write_outputs
 from fedlm.experiment.settings import ExperimentSettings, load_files, resolve
 
 app = typer.Typer(help="Experiments that answer a question end to end.", no_args_is_help=True)
@@ -36,6 +34,9 @@ def compare_command(
     held-out speakers and on the training clients' own test lines. Writes results.json,
     results.md (the table) and held_out_perplexity.png to --out.
     """
+    from fedlm.experiment.compare import run_comparison  # torch and PEFT load only when a comparison runs
+    from fedlm.experiment.report import markdown_table, write_outputs
+
     try:
         base, from_file = load_files(config)
         overrides = collect_overrides({}, None, set_)

@@ -8,15 +8,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fedlm.models.base import DEFAULT_MODEL, resolve_model_dir
+from fedlm.config import ModelSettings
 
 app = typer.Typer(help="Base models (prepare) and the coordinator's model registry (list, export, rollback).", no_args_is_help=True)
 console = Console()
 
 
 @app.command("prepare")
-def prepare(name: str = typer.Argument(DEFAULT_MODEL, help="'smollm2', 'tiny', a .gguf file or a local HF dir.")) -> None:
+def prepare(name: str = typer.Argument(ModelSettings().name, help="'smollm2', 'tiny', a .gguf file or a local HF dir.")) -> None:
     """Convert the model once (GGUF to safetensors) and print where it is cached."""
+    from fedlm.models.base import resolve_model_dir  # torch and transformers load only when used
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         path = resolve_model_dir(name)

@@ -11,8 +11,6 @@ import re
 
 import typer
 
-from fedlm.privacy.accountant import epsilon as epsilon_after
-from fedlm.privacy.calibrate import calibrate_noise
 
 app = typer.Typer(help="Privacy accounting: epsilon of a plan, or the noise a budget needs.", no_args_is_help=True)
 
@@ -36,6 +34,7 @@ def epsilon_command(
     as_json: bool = JSON,
 ) -> None:
     """Print epsilon after ROUNDS rounds of Poisson-sampled Gaussian noise."""
+    from fedlm.privacy.accountant import epsilon as epsilon_after  # dp-accounting loads only when used
     eps = _or_exit(lambda: epsilon_after(
         noise_multiplier=noise_multiplier, sample_rate=sample_rate, rounds=rounds, delta=delta, accountant=accountant))
     if as_json:
@@ -56,6 +55,8 @@ def calibrate_command(
     as_json: bool = JSON,
 ) -> None:
     """Print the smallest noise multiplier whose epsilon after ROUNDS rounds is within the target."""
+    from fedlm.privacy.accountant import epsilon as epsilon_after
+    from fedlm.privacy.calibrate import calibrate_noise
     z = _or_exit(lambda: calibrate_noise(
         target_epsilon=target_epsilon, sample_rate=sample_rate, rounds=rounds, delta=delta, accountant=accountant))
     eps = epsilon_after(noise_multiplier=z, sample_rate=sample_rate, rounds=rounds, delta=delta, accountant=accountant)

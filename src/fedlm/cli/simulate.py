@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedlm.config import ConfigError, RunConfig, apply_overrides, load_config, parse_override
-from fedlm.sim.run import run_simulation
 from fedlm.sim.rundir import CONFIG_FILE
+
+# fedlm.sim.run (torch, PEFT) is imported when a run starts: `fedlm --help` stays fast.
 
 console = Console()
 
@@ -91,6 +92,8 @@ def simulate_command(
     Writes config.toml, metrics.jsonl (one line a round), summary.json and adapter/ (PEFT
     format). Settings: see `fedlm config defaults` and the README.
     """
+    from fedlm.sim.run import run_simulation
+
     shortcuts = dict(model=model, rounds=rounds, clients_per_round=clients_per_round, local_steps=local_steps,
                      batch_size=batch_size, lr=lr, seq_len=seq_len, seed=seed, executor=executor, workers=workers)
     if resume and (out is None or config is not None):
