@@ -21,6 +21,7 @@ from fedlm.service.coordinator import Coordinator
 from fedlm.service.settings import RegistrySection, SchedulingSection, SecAggSection
 from fedlm.service.store import Store
 from fedlm.service.tls import with_tls_extension
+from fedlm.privacy.plan import make_privacy_plan
 from fedlm.updates.build import build_pipeline
 from fedlm.updates.pipeline import fedavg_pipeline
 
@@ -54,11 +55,15 @@ class Service:
         return self.coordinator
 
 
+DP_POPULATION = 100  # the population a test run's privacy plan assumes
+
+
 def pipeline_for(run: RunConfig):
-    """FedAvg, or under secure aggregation the run's own pipeline (clip -> mask -> mean -> unmask)."""
+    """FedAvg, or under secure aggregation the run's own pipeline (clip -> [noise share] -> mask -> mean -> unmask)."""
     if not run.secagg.enabled:
         return fedavg_pipeline()
-    return build_pipeline(run.strategy, run.lora, None, None, run.compression, run.secagg)
+    plan = make_privacy_plan(run.privacy, run.federation, DP_POPULATION)
+    return build_pipeline(run.strategy, run.lora, None, plan, run.compression, run.secagg)
 
 
 def make_coordinator(root, url, clock, run, *, evaluator=None, margin=0.0, over_selection=0.0, deadline=100.0):

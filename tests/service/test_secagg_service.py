@@ -140,3 +140,49 @@ def test_restart_replays_a_logged_close_that_fails_into_an_abandoned_round(secur
     assert restarted.rnd is None and restarted.state.version == 0 and restarted.state.rounds_done == 1
     with restarted.store.session() as session:
         assert session.get(db.RoundRow, 1).stage == "abandoned"
+
+
+def test_distributed_dp_abandons_a_round_whose_survivors_carry_too_little_noise(tmp_path):
+    # Prepare: five clients each add a fifth of the noise; the budget fits one full round,
+    # not one whose sum carries only four shares (z * sqrt(4/5))
+    from fedlm.config import apply_overrides as override
+    from fedlm.privacy.plan import make_privacy_plan
+    from conftest import DP_POPULATION
+
+    dp = {**SECURE, "privacy": {"noise_multiplier": 1.0, "placement": "distributed"}}
+    run = override(service_run(5), dp)
+    plan = make_privacy_plan(run.privacy, run.federation, DP_POPULATION)
+    full = plan.epsilon(plan_ledger(plan, 5))
+    short = plan.epsilon(plan_ledger(plan, 4))
+    assert full < short
+    target = {"privacy": {"noise_multiplier": 1.0, "placement": "distributed", "target_epsilon": (full + short) / 2}}
+    service = build_service(tmp_path, f"sqlite:///{tmp_path / 'dp.db'}", names=FIVE, clients_per_round=5,
+                            overrides={**SECURE, **target})
+    parties = open_secure_round(service, FIVE)
+    # Execute: c4 shares its keys, then never uploads; the mask stage closes at its deadline
+    run_stages(parties, stages=("advertise", "share", "mask"), silent={"c4": "mask"})
+    # Assert: abandoned before any unmask share was asked for; nothing released, nothing spent
+    coordinator = service.coordinator
+    assert coordinator.rnd is None and coordinator.state.version == 0 and coordinator.state.ledger.entries == ()
+    assert parties["c0"].http.get("/v1/rounds/1/secagg/unmask-request").status_code == 409
+    with coordinator.store.session() as session:
+        assert session.get(db.RoundRow, 1).stage == "abandoned"
+        audit = session.scalars(select(db.AuditRow).where(db.AuditRow.event == "round_abandoned")).all()
+        assert "noise shares arrived" in audit[0].detail
+    # and a round with every share commits and spends the budget it was sized for
+    service.clock.now += 1
+    parties = open_secure_round(service, FIVE)
+    run_stages(parties)
+    assert coordinator.state.version == 1 and len(coordinator.state.ledger.entries) == 1
+
+
+def service_run(clients: int):
+    from fedlm.config import RunConfig, apply_overrides as override
+
+    return override(RunConfig(), {"model": {"name": "tiny"}, "federation": {"rounds": 3, "clients_per_round": clients}})
+
+
+def plan_ledger(plan, arrived: int):
+    from fedlm.privacy.ledger import PrivacyLedger
+
+    return PrivacyLedger().record(1, plan.round_event(arrived=arrived))

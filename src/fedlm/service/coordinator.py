@@ -103,7 +103,7 @@ class Coordinator(SecureStages):
             if rnd.round != row.round:
                 raise RuntimeError(f"the store's open round {row.round} does not follow round {state.rounds_done}")
             if self.pipeline.mask is not None:
-                self._failed_on_replay = self._replay_secagg(session, rnd, row.stage)
+                self._failed_on_replay = self._replay_secagg(session, rnd, row.stage, state.ledger)
                 detail = f"SecAgg log replayed to stage {row.stage}, {len(self.secure.masked)} masked inputs"
             else:
                 for update in db.accepted_updates(session, row.round):

@@ -9,6 +9,7 @@ epsilon past privacy.target_epsilon is never opened.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from fedlm.privacy.ledger import PrivacyLedger
@@ -22,6 +23,23 @@ def privacy_fields(plan: PrivacyPlan | None, ledger: PrivacyLedger) -> dict[str,
     epsilon = plan.epsilon(ledger)
     return {"epsilon": epsilon if math.isfinite(epsilon) else None, "delta": plan.delta,
             "noise_multiplier": plan.noise_multiplier}
+
+
+def survivors_guard(plan: PrivacyPlan | None, ledger: PrivacyLedger) -> Callable[[int], str | None]:
+    """Distributed DP: each survivor carries 1/n of the noise, so dropouts shrink it. Before any
+    secret is revealed, this says why a round whose survivors would take epsilon past the target
+    must be abandoned (its sum stays masked), or None."""
+
+    def check(survivors: int) -> str | None:
+        if plan is None or plan.placement != "distributed" or not plan.target_epsilon:
+            return None
+        after = ledger.epsilon_if(plan.round_event(arrived=survivors), delta=plan.delta, accountant=plan.accountant)
+        if after <= plan.target_epsilon:
+            return None
+        return (f"only {survivors} of {plan.cohort} clients' noise shares arrived: releasing their sum would take "
+                f"epsilon to {after:.3f}, past privacy.target_epsilon = {plan.target_epsilon}")
+
+    return check
 
 
 def budget_stop(plan: PrivacyPlan | None, ledger: PrivacyLedger, next_round: int) -> str | None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedlm.core.rng import make_rng
+from fedlm.privacy.ledger import PrivacyLedger
 from fedlm.secagg.messages import MaskedInput, RoundFailed, SecAggError, UnmaskRequest
 from fedlm.secagg.server import SecAggServer
 from fedlm.secagg.session import make_server
@@ -28,6 +29,7 @@ from fedlm.service import secagg_codec as codec
 from fedlm.service import store as db
 from fedlm.service.errors import Refused
 from fedlm.service.payloads import read_masked
+from fedlm.service.privacy_budget import survivors_guard
 from fedlm.secagg.inputs import PER_UPDATE_METRICS, value_bound
 
 log = logging.getLogger("fedlm.service")
@@ -54,14 +56,21 @@ def answered(server: SecAggServer) -> set[str]:
             "unmask": set(server.replies)}.get(server.stage, set())
 
 
-def close_stage(server: SecAggServer, stage: str) -> None:
+def close_stage(server: SecAggServer, stage: str, guard: Callable[[int], str | None] | None = None) -> None:
+    """Close `stage`; RoundFailed when too few answered, or when `guard` refuses the survivors of the
+    mask stage (before anyone is asked for a share that would unmask their sum)."""
     {"advertise": server.close_advertising, "share": server.close_sharing, "mask": server.close_masking}[stage]()
+    refusal = guard(len(server.survivors)) if guard is not None and stage == "mask" else None
+    if refusal is not None:
+        server.stage = "failed"
+        raise RoundFailed(refusal)
 
 
-def apply_logged(server: SecAggServer, row: db.SecAggMessageRow, masked: Callable[[str], Any]) -> None:
+def apply_logged(server: SecAggServer, row: db.SecAggMessageRow, masked: Callable[[str], Any],
+                 guard: Callable[[int], str | None] | None = None) -> None:
     """Apply one row of the message log to `server`, as when it was accepted (RoundFailed on a failing close)."""
     if row.kind == "close":
-        close_stage(server, row.client_id)
+        close_stage(server, row.client_id, guard)
     elif row.kind == "masked":
         server.receive_masked(MaskedInput(row.client_id, row.round, masked(row.body["sha256"])))
     else:
@@ -76,14 +85,15 @@ class SecureStages:
     secure_metrics: dict[str, dict[str, float]]
 
     # ---- rebuilding -----------------------------------------------------------------------
-    def _replay_secagg(self, session: Any, rnd: OpenRound, stage: str) -> str | None:
+    def _replay_secagg(self, session: Any, rnd: OpenRound, stage: str, ledger: PrivacyLedger) -> str | None:
         """Rebuild the open round's protocol server from the log; the reason to abandon it, if a close failed."""
         self.secure = make_secagg_server(rnd, self.run.run.seed)
         size = rnd.total.size
         self.secure_metrics = {u.client_id: dict(u.metrics) for u in db.accepted_updates(session, rnd.round)}
         try:
             for row in db.secagg_messages(session, rnd.round):
-                apply_logged(self.secure, row, lambda sha: read_masked(self.blobs.path(sha), size=size))
+                apply_logged(self.secure, row, lambda sha: read_masked(self.blobs.path(sha), size=size),
+                             survivors_guard(self.pipeline.privacy, ledger))
         except RoundFailed as err:
             return str(err)
         if self.secure.stage != stage:
@@ -220,9 +230,12 @@ class SecureStages:
         log.info("round %d: SecAgg stage %s closed (%s), %d answered", rnd.round, stage, reason, len(answered(server)),
                  extra={"round": rnd.round, "stage": stage, "answered": len(answered(server))})
         try:
-            close_stage(server, stage)
+            close_stage(server, stage, self._survivors_guard())
         except RoundFailed as err:
             self._abandon(f"stage {stage}: {err}")
+
+    def _survivors_guard(self) -> Callable[[int], str | None]:
+        return survivors_guard(self.pipeline.privacy, self.state.ledger)
 
     def _finish_secagg(self, reason: str) -> None:
         server = self.secure
