@@ -55,6 +55,18 @@ class PrivacyPlan:
             return True
         return ledger.epsilon_if(self.round_event(), delta=self.delta, accountant=self.accountant) <= self.target_epsilon
 
+    def stop_reason(self, ledger: PrivacyLedger, next_round: int) -> str | None:
+        """Why round `next_round` may not run (it would take epsilon past the target), or None.
+
+        The simulation and the service both stop on this message."""
+        if not self.target_epsilon:
+            return None
+        after = ledger.epsilon_if(self.round_event(), delta=self.delta, accountant=self.accountant)
+        if after <= self.target_epsilon:
+            return None
+        return (f"privacy budget reached: round {next_round} would take epsilon from {self.epsilon(ledger):.3f} "
+                f"to {after:.3f}, past privacy.target_epsilon = {self.target_epsilon}")
+
 
 def default_delta(population: int) -> float:
     """1 / population^1.1: below 1/population, as user-level DP needs."""

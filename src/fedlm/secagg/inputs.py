@@ -7,7 +7,11 @@ so both encode with the same bound and withhold the same per-update metrics.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+from fedlm.core.rng import make_rng
+from fedlm.secagg.server import SecAggServer
+from fedlm.secagg.session import make_server
 from fedlm.updates.pipeline import Pipeline, Stage
 
 # How far past the clip norm a noised coordinate may reach before the encoding clips it:
@@ -31,3 +35,13 @@ def value_bound(pipeline: Pipeline, clip_norm: float) -> float:
     if sparsifier is not None and sparsifier.name == "random_mask":
         bound /= sparsifier.param("fraction")
     return bound
+
+
+def round_server(pipeline: Pipeline, round: int, cohort: Sequence[str], *, size: int, clip_norm: float,
+                 seed: int) -> SecAggServer:
+    """A round's protocol server: k and t from the pipeline's mask step, the graph from (run seed, round)."""
+    mask = pipeline.mask
+    if mask is None:
+        raise ValueError("this pipeline has no secure-aggregation step")
+    return make_server(round, cohort, size=size, neighbours=int(mask.param("neighbours")), threshold=mask.param("threshold"),
+                       bound=value_bound(pipeline, clip_norm), rng=make_rng(seed, "secagg-graph", round))

@@ -44,8 +44,4 @@ def survivors_guard(plan: PrivacyPlan | None, ledger: PrivacyLedger) -> Callable
 
 def budget_stop(plan: PrivacyPlan | None, ledger: PrivacyLedger, next_round: int) -> str | None:
     """Why round `next_round` may not open (it would take epsilon past the target), or None."""
-    if plan is None or plan.allows_next_round(ledger):
-        return None
-    after = ledger.epsilon_if(plan.round_event(), delta=plan.delta, accountant=plan.accountant)
-    return (f"privacy budget reached: round {next_round} would take epsilon from {plan.epsilon(ledger):.3f} "
-            f"to {after:.3f}, past privacy.target_epsilon = {plan.target_epsilon}")
+    return None if plan is None else plan.stop_reason(ledger, next_round)

@@ -19,18 +19,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fedlm.core.rng import make_rng
 from fedlm.privacy.ledger import PrivacyLedger
 from fedlm.secagg.messages import MaskedInput, RoundFailed, SecAggError, UnmaskRequest
 from fedlm.secagg.server import SecAggServer
-from fedlm.secagg.session import make_server
 from fedlm.server.rounds import OpenRound, UpdateRejected, abandon_round, accept_sum
 from fedlm.service import secagg_codec as codec
 from fedlm.service import store as db
 from fedlm.service.errors import Refused
 from fedlm.service.payloads import read_masked
 from fedlm.service.privacy_budget import survivors_guard
-from fedlm.secagg.inputs import PER_UPDATE_METRICS, value_bound
+from fedlm.secagg.inputs import PER_UPDATE_METRICS, round_server
 
 log = logging.getLogger("fedlm.service")
 FOLLOWING = {"advertise": "share", "share": "mask", "mask": "unmask"}
@@ -38,11 +36,8 @@ PARSERS = {"advert": codec.advert_from, "shares": codec.shares_from, "unmask": c
 
 
 def make_secagg_server(rnd: OpenRound, seed: int) -> SecAggServer:
-    """The protocol server of a round: k and t from the pipeline's mask step, the graph from (seed, round)."""
-    mask = rnd.pipeline.mask
-    return make_server(rnd.round, rnd.cohort, size=rnd.total.size, neighbours=int(mask.param("neighbours")),
-                       threshold=mask.param("threshold"), bound=value_bound(rnd.pipeline, rnd.clip_norm),
-                       rng=make_rng(seed, "secagg-graph", rnd.round))
+    """The protocol server of a round, as the simulation makes it (secagg.inputs.round_server)."""
+    return round_server(rnd.pipeline, rnd.round, rnd.cohort, size=rnd.total.size, clip_norm=rnd.clip_norm, seed=seed)
 
 
 def stage_members(server: SecAggServer) -> set[str]:

@@ -144,13 +144,7 @@ def privacy_fields(sim: Simulation, state: ServerState) -> dict[str, Any]:
 def budget_stop(sim: Simulation, state: ServerState) -> str | None:
     """A message when the next round would take epsilon past privacy.target_epsilon, else None."""
     plan = sim.pipeline.privacy
-    if plan is None or plan.allows_next_round(state.ledger):
-        return None
-    after = state.ledger.epsilon_if(plan.round_event(), delta=plan.delta, accountant=plan.accountant)
-    return (
-        f"privacy budget reached: round {state.rounds_done + 1} would take epsilon from "
-        f"{plan.epsilon(state.ledger):.3f} to {after:.3f}, past privacy.target_epsilon = {plan.target_epsilon}"
-    )
+    return None if plan is None else plan.stop_reason(state.ledger, state.rounds_done + 1)
 
 
 def traffic(rnd: OpenRound, outcome: RoundOutcome, size: int, full_model_bytes: int) -> dict[str, Any]:

@@ -15,9 +15,9 @@ import numpy as np
 
 from fedlm.core.rng import make_rng
 from fedlm.core.types import Task, Update
-from fedlm.secagg.inputs import PER_UPDATE_METRICS, value_bound
+from fedlm.secagg.inputs import PER_UPDATE_METRICS, round_server
 from fedlm.secagg.messages import RoundFailed
-from fedlm.secagg.session import SecureSum, StageClock, make_server, run_round
+from fedlm.secagg.session import SecureSum, StageClock, run_round
 from fedlm.server.rounds import OpenRound, accept_sum, make_tasks
 from fedlm.updates import wire
 
@@ -27,15 +27,11 @@ ClientTurn = Callable[[Task, np.ndarray], Update]
 
 def secure_round(rnd: OpenRound, size: int, seed: int, turn: ClientTurn, clock: StageClock | None = None) -> SecureSum | None:
     """Run the cohort through SecAgg+ and fold the recovered sum into `rnd`; None when the round failed."""
-    mask = rnd.pipeline.mask
-    if mask is None:
+    if rnd.pipeline.mask is None:
         raise ValueError("this pipeline has no secure-aggregation step")
     if len(rnd.cohort) < 2:
         return None  # a Poisson cohort of one (or none): no sum to hide an update in, so nothing is released
-    server = make_server(
-        rnd.round, rnd.cohort, size=size, neighbours=int(mask.param("neighbours")), threshold=mask.param("threshold"),
-        bound=value_bound(rnd.pipeline, rnd.clip_norm), rng=make_rng(seed, "secagg-graph", rnd.round),
-    )
+    server = round_server(rnd.pipeline, rnd.round, rnd.cohort, size=size, clip_norm=rnd.clip_norm, seed=seed)
     tasks = {t.client_id: t for t in make_tasks(rnd)}
     metrics: dict[str, dict[str, float]] = {}
 
