@@ -29,11 +29,50 @@ from fedlm.data.types import (
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v]*\n")
 
 
-def _read_text(path: Path) -> str:
+def read_utf8(path: Path) -> str:
+    """The text of `path`; ValueError naming the file if it is not UTF-8."""
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def read_jsonl_objects(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of the JSONL file `path`.
+
+    Lines are split on "\n" only (as JSON Lines defines them), so a U+2028 inside a JSON
+    string does not break its line. Raises ValueError, naming the file and line, for a line
+    that is not valid JSON or not a JSON object; the message never quotes the line.
+    """
+    records = []
+    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            kind = type(record).__name__
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got {kind}")
+        records.append((number, record))
+    return records
+
+
+def check_folder(path: Path) -> Path:
+    """`path` as a Path; ValueError if it does not exist or is not a folder."""
+    root = Path(path)
+    if not root.exists():
+        raise ValueError(f"path {root} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"path {root} is not a folder")
+    return root
+
+
+def list_files(folder: Path, suffix: str) -> list[Path]:
+    """The files directly in `folder` whose names end in `suffix`, in name order, hidden ones skipped."""
+    files = (f for f in folder.glob(f"*{suffix}") if f.is_file() and not f.name.startswith("."))
+    return sorted(files)
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -43,20 +82,13 @@ def _paragraphs(text: str) -> list[str]:
 
 def read_txt_client(folder: Path) -> list[str]:
     """The paragraphs of every .txt file directly in `folder`, files in name order."""
-    files = sorted(f for f in folder.glob("*.txt") if f.is_file() and not f.name.startswith("."))
+    files = list_files(folder, ".txt")
     if not files:
         raise ValueError(f"client folder {folder} holds no .txt files")
-    return [p for f in files for p in _paragraphs(_read_text(f))]
+    return [p for f in files for p in _paragraphs(read_utf8(f))]
 
 
-def _jsonl_sample(path: Path, number: int, line: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-    if not isinstance(record, dict):
-        kind = type(record).__name__
-        raise ValueError(f"{path}, line {number}: expected a JSON object, got {kind}")
+def _jsonl_text(path: Path, number: int, record: dict) -> str:
     text = record.get("text")
     if not isinstance(text, str):
         found = "no field" if text is None else f"a {type(text).__name__}"
@@ -66,12 +98,14 @@ def _jsonl_sample(path: Path, number: int, line: str) -> str:
 
 def read_jsonl_client(path: Path) -> list[str]:
     """The "text" of every JSON object line in `path` (blank lines skipped)."""
-    lines = _read_text(path).splitlines()
-    return [_jsonl_sample(path, n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    return [_jsonl_text(path, number, record) for number, record in read_jsonl_objects(path)]
 
 
-def _client_sources(path: Path) -> dict[str, Path]:
-    """client id -> its sub-folder or .jsonl file, for every client entry in `path`."""
+def find_client_sources(path: Path) -> dict[str, Path]:
+    """client id -> its sub-folder or .jsonl file, for every client entry in `path`.
+
+    Hidden entries and other files are skipped; ValueError if two entries give the same id.
+    """
     sources: dict[str, Path] = {}
     for entry in sorted(path.iterdir()):
         if entry.name.startswith("."):
@@ -106,12 +140,8 @@ def load_folder(path: Path, *, test_fraction: float = 0.2, seed: int = 0) -> Fed
     """
     check_test_fraction(test_fraction)
     check_seed(seed)
-    root = Path(path)
-    if not root.exists():
-        raise ValueError(f"path {root} does not exist")
-    if not root.is_dir():
-        raise ValueError(f"path {root} is not a folder")
-    sources = _client_sources(root)
+    root = check_folder(path)
+    sources = find_client_sources(root)
     if not sources:
         raise ValueError(
             f"path {root} holds no clients: expected sub-folders of .txt files or .jsonl files"

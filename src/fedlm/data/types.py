@@ -15,25 +15,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedlm.data.conversations import Conversation
+
+# One sample of a client: plain text (causal LM) or a conversation (instruction tuning).
+Sample = str | Conversation
+
 
 @dataclass(frozen=True, repr=False)
 class ClientData:
-    """One client's text samples: `train` for local training, `test` held out.
+    """One client's samples (texts or conversations): `train` for local training, `test` held out.
 
     The repr shows sample counts only, so that logging a client never logs its text.
     """
 
     client_id: str
-    train: tuple[str, ...]
-    test: tuple[str, ...]
+    train: tuple[Sample, ...]
+    test: tuple[Sample, ...]
 
     def __post_init__(self) -> None:
         if not isinstance(self.client_id, str) or not self.client_id:
             raise ValueError(f"client_id must be a non-empty string, got {self.client_id!r}")
         for part in ("train", "test"):
             samples = tuple(getattr(self, part))
-            if not all(isinstance(s, str) for s in samples):
-                raise ValueError(f"client {self.client_id!r}: every {part} sample must be a str")
+            if not all(isinstance(s, str | Conversation) for s in samples):
+                raise ValueError(f"client {self.client_id!r}: every {part} sample must be a str or a Conversation")
             object.__setattr__(self, part, samples)
 
     def __repr__(self) -> str:
@@ -123,8 +128,8 @@ def num_test_samples(n: int, test_fraction: float) -> int:
 
 
 def split_train_test(
-    samples: Sequence[str], *, test_fraction: float, rng: np.random.Generator
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    samples: Sequence[Sample], *, test_fraction: float, rng: np.random.Generator
+) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
     """Split `samples` into (train, test), each in the samples' original order.
 
     The rng shuffles the indices; the first `num_test_samples(n, test_fraction)` of them go to
@@ -143,7 +148,7 @@ def split_train_test(
 
 
 def make_client(
-    client_id: str, samples: Sequence[str], *, test_fraction: float, seed: int
+    client_id: str, samples: Sequence[Sample], *, test_fraction: float, seed: int
 ) -> ClientData:
     """A client whose samples are split with its own generator `client_rng(seed, client_id)`."""
     rng = client_rng(seed, client_id)
