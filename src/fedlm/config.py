@@ -22,6 +22,9 @@ SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
 LORA_AGGREGATIONS = ("fedit", "ffa", "svd")
 EXECUTORS = ("serial", "processes", "ray")
+TASK_KINDS = ("causal_lm", "instruction")  # one module each under fedlm.work
+DTYPES = ("float32", "bfloat16", "float16")
+OVERLONG = ("truncate", "drop")
 
 
 class ConfigError(ValueError):
@@ -42,14 +45,39 @@ class RunSettings:
         require(self.seed >= 0, "run.seed", "must be >= 0")
 
 
+def is_device_name(name: str) -> bool:
+    """"auto", "cpu", "mps", "cuda" or "cuda:N"."""
+    kind, _, index = name.partition(":")
+    if kind == "cuda" and index:
+        return index.isdigit()
+    return name in ("auto", "cpu", "mps", "cuda")
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     name: str = "smollm2"  # "smollm2" (default GGUF), "tiny", a .gguf file or a local HF model dir
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    device: str = "auto"  # "auto" (cuda, else mps, else cpu), "cpu", "cuda", "cuda:N", "mps"
+    dtype: str = "float32"  # the base model's weights: "float32", "bfloat16", "float16"; LoRA stays float32
+    load_in_4bit: bool = False  # QLoRA: the base model in 4-bit NF4 through bitsandbytes (CUDA only)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
 
     def __post_init__(self) -> None:
         require(bool(self.name), "model.name", "must not be empty")
         require(self.threads >= 0, "model.threads", "must be >= 0")
+        require(is_device_name(self.device), "model.device",
+                 f"unknown device {self.device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}")
+        require(not self.load_in_4bit or self.device not in ("cpu", "mps"), "model.load_in_4bit",
+                 f"needs a CUDA device (bitsandbytes NF4); model.device = {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    kind: str = "causal_lm"  # the client work: "causal_lm" (next-token loss on packed text) or "instruction"
+
+    def __post_init__(self) -> None:
+        require(self.kind in TASK_KINDS, "task.kind", f"must be one of {TASK_KINDS}")
 
 
 @dataclass(frozen=True)
@@ -79,9 +107,11 @@ class DataSettings:
     path: str = ""  # the folder, for source = "folder"
     min_lines: int = 20  # shakespeare: a (play, role) needs this many verse lines to be a client
     test_fraction: float = 0.2  # share of each client's samples held out for evaluation
-    seq_len: int = 128  # tokens per training/evaluation sequence (texts are packed)
+    seq_len: int = 128  # tokens per training/evaluation sequence (texts are packed; a conversation is one sequence)
+    overlong: str = "truncate"  # instruction: a conversation past seq_len is "truncate"d (its end cut) or "drop"ped; counted
 
     def __post_init__(self) -> None:
+        require(self.overlong in OVERLONG, "data.overlong", f"must be one of {OVERLONG}")
         require(self.source in ("shakespeare", "folder"), "data.source", "must be 'shakespeare' or 'folder'")
         require(self.source != "folder" or bool(self.path), "data.path", "is required when data.source = 'folder'")
         require(self.min_lines >= 1, "data.min_lines", "must be >= 1")
@@ -219,8 +249,14 @@ class EvalSettings:
     held_out_clients: bool = True  # evaluation clients never train (held-out speakers)
     max_sequences: int = 48  # cap on evaluation sequences (all clients together)
     batch_size: int = 8
+    multiple_choice: str = "auto"  # "auto" (the task kind's own: instruction asks which reply follows a cue), "off", or a JSONL path
+    choice_questions: int = 24  # cap on multiple-choice questions (all evaluation clients together)
+    choice_options: int = 4  # options per built-in question (the true one and seeded distractors)
 
     def __post_init__(self) -> None:
+        require(bool(self.multiple_choice), "eval.multiple_choice", "must be 'auto', 'off' or a JSONL path")
+        require(self.choice_questions >= 1, "eval.choice_questions", "must be >= 1")
+        require(self.choice_options >= 2, "eval.choice_options", "must be >= 2")
         require(self.clients >= 1, "eval.clients", "must be >= 1")
         require(self.max_sequences >= 1, "eval.max_sequences", "must be >= 1")
         require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
@@ -244,6 +280,7 @@ class SimulationSettings:
 class RunConfig:
     run: RunSettings = field(default_factory=RunSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    task: TaskSettings = field(default_factory=TaskSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataSettings = field(default_factory=DataSettings)
     federation: FederationSettings = field(default_factory=FederationSettings)

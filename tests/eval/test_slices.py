@@ -7,7 +7,11 @@ import torch
 
 from fedlm.data.blocks import Blocks
 from fedlm.data.types import ClientData, FederatedDataset
+from fedlm.config import RunConfig, apply_overrides
 from fedlm.eval.slices import join_blocks, own_test_blocks, split_round_robin
+from fedlm.work import make_work
+
+WORK = make_work(apply_overrides(RunConfig(), {"data": {"seq_len": 8}}))
 
 
 class CharTokenizer:
@@ -21,28 +25,28 @@ class CharTokenizer:
 
 
 def dataset() -> FederatedDataset:
-    # With seq_len 4: "aaaaaaa" + eos is 8 tokens = 2 blocks; "bbbbbbbbbbb" + eos = 3 blocks; c has no test lines.
+    # With seq_len 8: "aaaaaaaaaaaaaaa" + eos is 16 tokens = 2 blocks; "b" * 23 + eos = 3 blocks; c has no test lines.
     return FederatedDataset("toy", (
-        ClientData("a", ("x",), ("aaaaaaa",)),
-        ClientData("b", ("x",), ("bbbbbbbbbbb",)),
+        ClientData("a", ("x",), ("a" * 15,)),
+        ClientData("b", ("x",), ("b" * 23,)),
         ClientData("c", ("x",), ()),
     ))
 
 
 def test_own_blocks_are_capped_round_robin_across_clients():
     # Execute
-    capped = own_test_blocks(CharTokenizer(), dataset(), ["a", "b", "c"], seq_len=4, max_sequences=3)
-    everything = own_test_blocks(CharTokenizer(), dataset(), ["a", "b", "c"], seq_len=4, max_sequences=100)
+    capped = own_test_blocks(WORK, CharTokenizer(), dataset(), ["a", "b", "c"], max_sequences=3)
+    everything = own_test_blocks(WORK, CharTokenizer(), dataset(), ["a", "b", "c"], max_sequences=100)
     # Assert: a's first, b's first, then a's second; c has nothing to give and is left out.
     assert {c: len(b) for c, b in capped.items()} == {"a": 2, "b": 1}
     assert {c: len(b) for c, b in everything.items()} == {"a": 2, "b": 3}
-    assert capped["b"].input_ids[0].tolist() == [ord("b")] * 4
-    assert len(join_blocks(everything, 4)) == 5
+    assert capped["b"].input_ids[0].tolist() == [ord("b")] * 8
+    assert len(join_blocks(everything, 8)) == 5
 
 
 def test_own_blocks_refuse_an_empty_cap():
     with pytest.raises(ValueError, match="max_sequences"):
-        own_test_blocks(CharTokenizer(), dataset(), ["a"], seq_len=4, max_sequences=0)
+        own_test_blocks(WORK, CharTokenizer(), dataset(), ["a"], max_sequences=0)
 
 
 def test_round_robin_deals_every_block_once():

@@ -18,7 +18,8 @@ from fedlm.sim import engine
 from fedlm.sim.engine import simulate
 from fedlm.sim.rundir import read_metrics
 from fedlm.sim.run import run_simulation
-from fedlm.sim.setup import build_eval_blocks, load_dataset, prepare, split_population
+from fedlm.sim.setup import build_eval_set, load_dataset, prepare, split_population
+from fedlm.work import make_work
 
 
 BASE = config_from_dict({
@@ -76,7 +77,7 @@ def test_exported_adapter_loads_with_peft_and_gives_reported_perplexity(tmp_path
     tokenizer_owner = load_base_model("tiny")
     dataset = load_dataset(config)
     _, eval_clients = split_population(dataset, config)
-    blocks = build_eval_blocks(tokenizer_owner, dataset, eval_clients, config)
+    blocks = build_eval_set(make_work(config), tokenizer_owner.tokenizer, dataset, eval_clients, config).blocks
     result = evaluate(model, blocks, batch_size=config.eval.batch_size)
     # Assert
     assert result.tokens == summary["final"]["tokens"]

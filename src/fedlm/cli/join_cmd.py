@@ -13,7 +13,7 @@ console = Console(stderr=True)
 
 def join_command(
     server: str = typer.Option(..., "--server", help="The coordinator's URL, e.g. https://127.0.0.1:8443"),
-    data: Path = typer.Option(..., "--data", help="This client's text: a folder of .txt files (or fedlm's folder layout)."),
+    data: Path = typer.Option(..., "--data", help="This client's data: .txt files (task.kind = causal_lm) or .jsonl records (instruction); a folder or a file."),
     cert: Path = typer.Option(..., "--cert", help="Client certificate (PEM); its CN is the client id."),
     key: Path = typer.Option(..., "--key", help="The certificate's private key (PEM)."),
     ca: Path = typer.Option(..., "--ca", help="The CA that signed the server's certificate."),
@@ -22,6 +22,7 @@ def join_command(
     free_memory_mb: int = typer.Option(0, "--free-memory-mb", help="Trait: free memory in MB."),
     region: str = typer.Option("", "--region", help="Trait: the client's region."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads for local training."),
+    device: str = typer.Option("", "--device", help="Where this client trains: auto, cpu, cuda, cuda:N or mps (default: the run's model.device)."),
 ) -> None:
     """Wait for a task, train locally, upload the encoded update; until the run is finished."""
     from fedlm.service.client_worker import JoinSettings, ServerRefused, join
@@ -30,7 +31,8 @@ def join_command(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     traits = Traits(charging=charging, unmetered=unmetered, free_memory_mb=free_memory_mb, region=region)
-    settings = JoinSettings(server=server, data=data, cert=cert, key=key, ca=ca, traits=traits, threads=threads)
+    settings = JoinSettings(server=server, data=data, cert=cert, key=key, ca=ca, traits=traits, threads=threads,
+                            device=device)
     try:
         sent = join(settings)
     except (ServerRefused, ValueError, RuntimeError) as err:

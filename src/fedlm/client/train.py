@@ -18,10 +18,13 @@ from fedlm.config import ClientSettings
 from fedlm.core.rng import derive_seed, make_rng
 from fedlm.core.types import Task, Update
 from fedlm.data.blocks import Blocks, batch_order, iter_batches
+from fedlm.models.device import model_device
 from fedlm.models.lora import Adapter, rank_masks
+from fedlm.work.language_model import batch_loss
 
 StepCallback = Callable[[int, float], None]
 GradientHook = Callable[[], None]
+LossFn = Callable[[torch.nn.Module, Blocks], torch.Tensor]  # the client work's loss of one batch
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,9 @@ def train_local(
     settings: ClientSettings,
     on_step: StepCallback | None = None,
     after_backward: GradientHook | None = None,
+    loss_fn: LossFn = batch_loss,
 ) -> LocalResult:
-    """Plain supervised steps of next-token loss over `batches`; returns loss statistics.
+    """Plain supervised steps of the client work's loss over `batches`; returns loss statistics.
 
     `after_backward` may adjust the gradients before each step (FedProx, rank masks).
     """
@@ -54,7 +58,7 @@ def train_local(
     model.train()
     losses, tokens = [], 0
     for step, batch in enumerate(batches):
-        loss = model(input_ids=batch.input_ids, labels=batch.labels).loss
+        loss = loss_fn(model, batch)
         loss.backward()
         if after_backward is not None:
             after_backward()
@@ -73,7 +77,8 @@ def prox_hook(adapter: Adapter, global_vector: np.ndarray, mu: float) -> Gradien
 
     Added straight to the shared parameters' gradients, w/o building it into the graph.
     """
-    anchors = [torch.from_numpy(global_vector[e.offset : e.stop]).view(e.shape) for e in adapter.shared_spec.entries]
+    device = model_device(adapter.model)
+    anchors = [torch.from_numpy(global_vector[e.offset : e.stop]).view(e.shape).to(device) for e in adapter.shared_spec.entries]
 
     def add_proximal_gradient() -> None:
         with torch.no_grad():
@@ -120,6 +125,7 @@ def run_task(
     rank: int | None = None,
     encode: Callable[..., dict[str, float]] | None = None,
     residual: np.ndarray | None = None,
+    loss_fn: LossFn = batch_loss,
 ) -> Update:
     """Train one client on `task` and return its update.
 
@@ -128,7 +134,8 @@ def run_task(
     `private_vector` is updated in place with the client's new private parameters.
     `rank` below the adapter's rank trains only the leading LoRA components; `encode`
     runs the client side of the update pipeline (clipping, ...) on the delta in place;
-    `residual` is the client's error-feedback state for top-k sparsification.
+    `residual` is the client's error-feedback state for top-k sparsification; `loss_fn` is
+    the client work's loss (fedlm.work).
     """
     adapter.write_shared(global_vector)
     adapter.write_private(private_vector)
@@ -146,7 +153,8 @@ def run_task(
         rng=make_rng(seed, "batches", task.round, task.client_id),
     )
     torch.manual_seed(derive_seed(seed, "dropout", task.round, task.client_id))  # LoRA dropout has no generator argument
-    result = train_local(adapter.model, adapter.trainable, iter_batches(train_blocks, order), settings, on_step, chain_hooks(hooks))
+    result = train_local(adapter.model, adapter.trainable, iter_batches(train_blocks, order), settings, on_step,
+                         chain_hooks(hooks), loss_fn)
     adapter.read_shared(out)
     np.subtract(out, global_vector, out=out)
     adapter.read_private(private_vector)

@@ -123,6 +123,9 @@ def read_into(spec: Spec, params: Sequence[torch.Tensor], out: np.ndarray) -> np
     check_vector(spec, out)
     check_params(spec, params)
     target = torch.from_numpy(out)
+    if params and params[0].device.type != "cpu":  # one device-to-host copy, not one per tensor
+        target.copy_(torch.cat([p.detach().reshape(-1).to(torch.float32) for p in params]))
+        return out
     for e, p in zip(spec.entries, params, strict=True):
         target[e.offset : e.stop].copy_(p.detach().reshape(-1))
     return out
@@ -145,6 +148,8 @@ def write_from(spec: Spec, params: Sequence[torch.Tensor], vector: np.ndarray) -
     check_vector(spec, vector)
     check_params(spec, params)
     source = torch.from_numpy(vector)
+    if params and params[0].device.type != "cpu":  # one host-to-device copy, then slices on the device
+        source = source.to(params[0].device)
     with torch.no_grad():
         for e, p in zip(spec.entries, params, strict=True):
             p.copy_(source[e.offset : e.stop].view(e.shape))

@@ -38,6 +38,25 @@ class Blocks:
         return Blocks(self.input_ids[:n], self.labels[:n])
 
 
+def trim_batch(batch: Blocks) -> Blocks:
+    """`batch` without the columns past its last labelled token (right padding); the loss is unchanged."""
+    labelled = (batch.labels != IGNORE).any(dim=0).nonzero()
+    width = int(labelled[-1]) + 1 if len(labelled) else 1
+    return Blocks(batch.input_ids[:, :width], batch.labels[:, :width])
+
+
+def pad_sequences(rows: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int, pad_id: int) -> Blocks:
+    """(input_ids, labels) rows of at most `seq_len` tokens, right-padded into one [rows, seq_len] Blocks."""
+    ids = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), seq_len), IGNORE, dtype=torch.long)
+    for i, (row_ids, row_labels) in enumerate(rows):
+        if len(row_ids) > seq_len or len(row_labels) != len(row_ids):
+            raise ValueError(f"row {i} has {len(row_ids)} tokens and {len(row_labels)} labels; at most {seq_len}, equal")
+        ids[i, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
+        labels[i, : len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
+    return Blocks(ids, labels)
+
+
 def empty_blocks(seq_len: int) -> Blocks:
     empty = torch.zeros((0, seq_len), dtype=torch.long)
     return Blocks(empty, empty.clone())

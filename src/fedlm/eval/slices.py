@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from fedlm.data.blocks import Blocks, concat_blocks, pack_texts
+from fedlm.data.blocks import Blocks, concat_blocks
 from fedlm.data.types import FederatedDataset
 
 
 def own_test_blocks(
-    tokenizer, dataset: FederatedDataset, clients: Sequence[str], *, seq_len: int, max_sequences: int
+    work, tokenizer, dataset: FederatedDataset, clients: Sequence[str], *, max_sequences: int
 ) -> dict[str, Blocks]:
-    """Each client's test lines packed on their own, capped at `max_sequences` in all.
+    """Each client's test samples encoded on their own by the client work (fedlm.work), capped at `max_sequences` in all.
 
     Blocks are taken round-robin (every client's first block, then every client's second,
     ...) so that a cap spreads over as many clients as it can. Clients with no test lines
@@ -26,7 +26,7 @@ def own_test_blocks(
     """
     if max_sequences < 1:
         raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
-    packed = {c: pack_texts(tokenizer, dataset.get(c).test, seq_len) for c in clients}
+    packed = {c: work.encode(tokenizer, dataset.get(c).test).blocks for c in clients}
     taken = {c: 0 for c in clients}
     left, depth = max_sequences, 0
     while left > 0 and any(len(b) > depth for b in packed.values()):

@@ -93,9 +93,9 @@ def make_bench(config: RunConfig, settings: ExperimentSettings, budget: Budget) 
     """Load the data and the base model once, with a fresh adapter, and cut the evaluation slices."""
     sim = prepare(plain_config(config))
     clients = choose_training_clients(sim, settings.train_clients, config.run.seed)
-    own = own_test_blocks(sim.base.tokenizer, sim.dataset, clients, seq_len=config.data.seq_len,
-                          max_sequences=settings.own_max_sequences)
-    return Bench(sim, clients, sim.eval_blocks, own, budget)
+    own = own_test_blocks(sim.work, sim.base.tokenizer, sim.dataset, clients, max_sequences=settings.own_max_sequences)
+    questions = sim.work.questions(sim.base.tokenizer, {c: sim.dataset.get(c).test for c in clients})
+    return Bench(sim, clients, sim.eval_set, own, questions, budget)
 
 
 def check_skip(settings: ExperimentSettings, names: list[str]) -> None:

@@ -18,20 +18,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedlm.client.train import LocalResult, run_task, train_local
+from fedlm.assembly import make_update_path
+from fedlm.client.train import LocalResult, LossFn, run_task, train_local
 from fedlm.config import ClientSettings, RunConfig
 from fedlm.core.rng import derive_seed, make_rng
 from fedlm.core.types import Task
-from fedlm.data.blocks import Blocks, batch_order, concat_blocks, iter_batches
-from fedlm.eval.metrics import EvalResult, evaluate
-from fedlm.eval.slices import join_blocks, split_round_robin
+from fedlm.data.blocks import Blocks, batch_order, concat_blocks, empty_blocks, iter_batches
+from fedlm.eval.metrics import EvalResult
+from fedlm.eval.slices import join_blocks
 from fedlm.experiment.settings import Budget
 from fedlm.models.lora import Adapter
-from fedlm.privacy.plan import make_privacy_plan
 from fedlm.sim.engine import simulate
 from fedlm.sim.events import SilentReporter
 from fedlm.sim.setup import Simulation
-from fedlm.updates.build import build_pipeline
+from fedlm.work import EvalSet
+from fedlm.work.language_model import batch_loss
 
 Log = Callable[[str], None]
 SLICES = ("held_out", "own")
@@ -43,13 +44,21 @@ class Bench:
 
     sim: Simulation
     clients: tuple[str, ...]  # the training clients, sorted
-    held_out: Blocks  # held-out speakers' test lines
-    own: dict[str, Blocks]  # the training clients' own test lines, by client
+    held_out: EvalSet  # held-out speakers' test samples (and questions about them)
+    own: dict[str, Blocks]  # the training clients' own test samples, by client
+    own_questions: tuple  # multiple-choice questions about the training clients' own test samples
     budget: Budget
 
     @property
     def seq_len(self) -> int:
         return self.sim.config.data.seq_len
+
+    def own_set(self) -> EvalSet:
+        return EvalSet(join_blocks(self.own, self.seq_len), self.own_questions)
+
+    def evaluate(self, eval_set: EvalSet) -> EvalResult:
+        """The adapter as it stands on `eval_set`, scored by the run's client work."""
+        return self.sim.work.evaluate(self.sim.adapter.model, eval_set)
 
 
 @dataclass
@@ -69,11 +78,7 @@ def reset_adapter(adapter: Adapter) -> None:
 
 def evaluate_slices(bench: Bench) -> dict[str, EvalResult]:
     """The adapter as it stands, on both slices."""
-    model, batch = bench.sim.adapter.model, bench.sim.config.eval.batch_size
-    return {
-        "held_out": evaluate(model, bench.held_out, batch_size=batch),
-        "own": evaluate(model, join_blocks(bench.own, bench.seq_len), batch_size=batch),
-    }
+    return {"held_out": bench.evaluate(bench.held_out), "own": bench.evaluate(bench.own_set())}
 
 
 def run_base(bench: Bench) -> MethodResult:
@@ -82,7 +87,10 @@ def run_base(bench: Bench) -> MethodResult:
     return MethodResult("base", evaluate_slices(bench), 0, time.perf_counter() - started)
 
 
-def train_centralized(adapter: Adapter, blocks: Blocks, settings: ClientSettings, *, seed: int, name: str = "centralized") -> LocalResult:
+def train_centralized(
+    adapter: Adapter, blocks: Blocks, settings: ClientSettings, *, seed: int, name: str = "centralized",
+    loss_fn: LossFn = batch_loss,
+) -> LocalResult:
     """`settings.local_steps` steps over `blocks` from the initial adapter, with one optimizer.
 
     Batches and dropout are drawn as run_task draws those of a client called `name` in
@@ -93,7 +101,7 @@ def train_centralized(adapter: Adapter, blocks: Blocks, settings: ClientSettings
     order = batch_order(len(blocks), steps=settings.local_steps, batch_size=settings.batch_size,
                         rng=make_rng(seed, "batches", 1, name))
     torch.manual_seed(derive_seed(seed, "dropout", 1, name))
-    return train_local(adapter.model, adapter.trainable, iter_batches(blocks, order), settings)
+    return train_local(adapter.model, adapter.trainable, iter_batches(blocks, order), settings, loss_fn=loss_fn)
 
 
 def run_centralized(bench: Bench) -> MethodResult:
@@ -101,7 +109,7 @@ def run_centralized(bench: Bench) -> MethodResult:
     started, sim, budget = time.perf_counter(), bench.sim, bench.budget
     union = concat_blocks([sim.train_blocks(c) for c in bench.clients], bench.seq_len)
     settings = dataclasses.replace(sim.config.client, local_steps=budget.centralized_steps, batch_size=budget.batch_size)
-    result = train_centralized(sim.adapter, union, settings, seed=sim.config.run.seed)
+    result = train_centralized(sim.adapter, union, settings, seed=sim.config.run.seed, loss_fn=sim.work.loss)
     extra = {"steps": result.steps, "union_sequences": len(union), "train_loss": result.mean_loss}
     return MethodResult("centralized", evaluate_slices(bench), result.steps * budget.batch_size,
                         time.perf_counter() - started, extra=extra)
@@ -110,28 +118,30 @@ def run_centralized(bench: Bench) -> MethodResult:
 def run_local_only(bench: Bench) -> MethodResult:
     """Each training client alone on its own text with an equal share of the budget.
 
-    Its own lines are scored with its own adapter. The held-out speakers' sequences are
-    dealt round-robin to the clients' adapters, so the held-out figure is that of a local
-    model picked at random, at the cost of one evaluation of the slice.
+    Its own lines are scored with its own adapter. The held-out speakers' sequences (and the
+    multiple-choice questions of both slices) are dealt round-robin to the clients' adapters,
+    so those figures are a local model's picked at random, at the cost of one evaluation.
     """
     started, sim, budget = time.perf_counter(), bench.sim, bench.budget
     adapter = sim.adapter
     settings = dataclasses.replace(sim.config.client, local_steps=budget.local_steps, batch_size=budget.local_batch_size)
-    held_out_parts = split_round_robin(bench.held_out, len(bench.clients))
+    held_out_parts = bench.held_out.split_round_robin(len(bench.clients))
+    parts = len(bench.clients)
+    own_question_parts = [bench.own_questions[i::parts] for i in range(parts)]  # dealt like the held-out slice
     buffer = np.empty_like(adapter.initial_shared)
     totals = {name: EvalResult() for name in SLICES}
-    sequences, batch = 0, sim.config.eval.batch_size
-    for client, held_out in zip(bench.clients, held_out_parts, strict=True):
+    sequences = 0
+    for client, held_out, own_questions in zip(bench.clients, held_out_parts, own_question_parts, strict=True):
         update = run_task(
             adapter, Task(round=1, version=0, client_id=client), global_vector=adapter.initial_shared,
             private_vector=adapter.initial_private.copy(), train_blocks=sim.train_blocks(client),
-            settings=settings, seed=sim.config.run.seed, out=buffer,
+            settings=settings, seed=sim.config.run.seed, out=buffer, loss_fn=sim.work.loss,
         )
         sequences += int(update.metrics["steps"]) * settings.batch_size
         adapter.write_shared(adapter.initial_shared + update.vector)  # the client's trained adapter
-        totals["held_out"] = totals["held_out"] + evaluate(adapter.model, held_out, batch_size=batch)
-        if client in bench.own:
-            totals["own"] = totals["own"] + evaluate(adapter.model, bench.own[client], batch_size=batch)
+        totals["held_out"] = totals["held_out"] + bench.evaluate(held_out)
+        own_blocks = bench.own.get(client, empty_blocks(bench.seq_len))
+        totals["own"] = totals["own"] + bench.evaluate(EvalSet(own_blocks, own_questions))
     extra = {"clients": len(bench.clients), "steps_per_client": budget.local_steps, "batch_size": settings.batch_size}
     return MethodResult("local_only", totals, sequences, time.perf_counter() - started, extra=extra)
 
@@ -149,8 +159,7 @@ class RoundLog(SilentReporter):
 
 def federated_simulation(sim: Simulation, config: RunConfig, population: tuple[str, ...]) -> Simulation:
     """`sim` with another configuration and population: same model, adapter, data and token cache."""
-    plan = make_privacy_plan(config.privacy, config.federation, len(population))
-    pipeline = build_pipeline(config.strategy, config.lora, sim.adapter.shared_spec, plan, config.compression)
+    _, pipeline = make_update_path(config, sim.adapter.shared_spec, len(population))
     return dataclasses.replace(sim, config=config, population=population, pipeline=pipeline, residuals={})
 
 
@@ -161,7 +170,7 @@ def run_federated(bench: Bench, name: str, config: RunConfig, log: Log) -> Metho
     reset_adapter(sim.adapter)
     result = simulate(sim, RoundLog(name, log))
     sim.adapter.write_shared(result.state.global_vector)
-    own = evaluate(sim.adapter.model, join_blocks(bench.own, bench.seq_len), batch_size=config.eval.batch_size)
+    own = bench.evaluate(bench.own_set())
     slices = {"held_out": result.final_eval, "own": own}  # the engine scored the held-out slice after the last round
     per_client = config.client.local_steps * config.client.batch_size
     curve, sequences = [], 0

@@ -63,6 +63,7 @@ def results_dict(bench: Bench, settings: ExperimentSettings, results: list[Metho
     base, centralized = by_name["base"], by_name["centralized"]
     return {
         "model": config.model.name,
+        "task": config.task.kind,
         "base_model_dir": str(sim.base.path),
         "dataset": sim.dataset.name,
         "seed": config.run.seed,
@@ -71,9 +72,10 @@ def results_dict(bench: Bench, settings: ExperimentSettings, results: list[Metho
                  "update_size": int(sim.adapter.shared_spec.size)},
         "client": dataclasses.asdict(config.client) | {"note": "local_steps and batch_size per method: see budget and methods"},
         "slices": {
-            "held_out": {"clients": len(sim.eval_clients), "sequences": len(bench.held_out), "tokens": bench.held_out.num_tokens},
+            "held_out": {"clients": len(sim.eval_clients), "sequences": len(bench.held_out.blocks),
+                         "tokens": bench.held_out.blocks.num_tokens, "questions": len(bench.held_out.questions)},
             "own": {"clients": len(bench.own), "sequences": sum(len(b) for b in bench.own.values()),
-                    "tokens": sum(b.num_tokens for b in bench.own.values())},
+                    "tokens": sum(b.num_tokens for b in bench.own.values()), "questions": len(bench.own_questions)},
         },
         "training_clients": len(bench.clients),
         "population_not_held_out": len(sim.population),
@@ -93,30 +95,55 @@ def method_label(method: dict[str, Any]) -> str:
     return method["label"]
 
 
+def has_choices(results: dict[str, Any]) -> bool:
+    return any("choice_accuracy" in m["held_out"] for m in results["methods"])
+
+
+def choice_cells(row: dict[str, Any]) -> str:
+    return f"| {_number(row.get('choice_accuracy'), 3)} "
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    """The table the README shows, with the run's seed, budget and wall time under it."""
-    lines = [
-        "| method | held-out loss | held-out ppl | held-out acc | own loss | own ppl | own acc | fraction of centralized gain | training tokens |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    """The table the README shows, with the run's seed, budget and wall time under it.
+
+    Multiple-choice accuracy (by total option log-likelihood) gets a column per slice when
+    the run asked questions; the chance level is printed under the table.
+    """
+    choices = has_choices(results)
+    header = "| method | held-out loss | held-out ppl | held-out acc |" + (" held-out MC acc |" if choices else "")
+    header += " own loss | own ppl | own acc |" + (" own MC acc |" if choices else "")
+    header += " fraction of centralized gain | training tokens |"
+    lines = [header, "|---" + "|---:" * (header.count("|") - 2) + "|"]
     for m in results["methods"]:
         h, o = m["held_out"], m["own"]
         gain = m["fraction_of_centralized_gain"]
         lines.append(
             f"| {method_label(m)} | {_number(h['loss'], 4)} | {_number(h['perplexity'], 2)} | {_number(h['accuracy'], 3)} "
-            f"| {_number(o['loss'], 4)} | {_number(o['perplexity'], 2)} | {_number(o['accuracy'], 3)} "
-            f"| {'n/a' if gain is None else f'{100 * gain:.0f} %'} | {m['training_tokens']:,} |"
+            + (choice_cells(h) if choices else "")
+            + f"| {_number(o['loss'], 4)} | {_number(o['perplexity'], 2)} | {_number(o['accuracy'], 3)} "
+            + (choice_cells(o) if choices else "")
+            + f"| {'n/a' if gain is None else f'{100 * gain:.0f} %'} | {m['training_tokens']:,} |"
         )
     b, s = results["budget"], results["slices"]
+    task = results.get("task", "causal_lm")
     lines += [
         "",
-        f"Model `{results['model']}`, seed {results['seed']}, {results['training_clients']} training clients; "
+        f"Model `{results['model']}`, task `{task}`, seed {results['seed']}, {results['training_clients']} training clients; "
         f"budget {b['tokens']:,} training tokens per method ({b['sequences']} sequences of {b['seq_len']} tokens, "
         f"batch {b['batch_size']}, centralized {b['centralized_steps']} steps). "
         f"Held-out slice: {s['held_out']['clients']} speakers never trained on, {s['held_out']['tokens']:,} tokens; "
-        f"own slice: {s['own']['clients']} training clients' own test lines, {s['own']['tokens']:,} tokens. "
+        f"own slice: {s['own']['clients']} training clients' own test samples, {s['own']['tokens']:,} tokens"
+        + (" (loss and perplexity on response tokens only)" if task == "instruction" else "") + ". "
         f"Wall time {results['wall_seconds'] / 60:.1f} min.",
     ]
+    if choices:
+        base = next(m for m in results["methods"] if m["name"] == "base")
+        lines.append("")
+        lines.append(
+            f"MC acc: multiple choice, the option with the highest log-likelihood; "
+            f"{s['held_out']['questions']} held-out and {s['own']['questions']} own questions; "
+            f"chance level {_number(base['held_out'].get('choice_chance'), 3)}."
+        )
     return "\n".join(lines) + "\n"
 
 

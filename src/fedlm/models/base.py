@@ -23,6 +23,7 @@ import platformdirs
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from fedlm.models.device import check_4bit, quantization_config, resolve_device, resolve_dtype
 from fedlm.models.tiny import TINY_NAME, build_tiny
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,14 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass
 class BaseModel:
-    """A causal LM in float32, its tokenizer, and the directory it loads from."""
+    """A causal LM on its device, its tokenizer, and the directory it loads from."""
 
     model: PreTrainedModel
     tokenizer: object
     path: Path
     name: str
+    device: torch.device = torch.device("cpu")
+    quantized: bool = False  # loaded in 4-bit (QLoRA)
 
 
 def cache_root() -> Path:
@@ -78,13 +81,40 @@ def resolve_model_dir(name: str) -> Path:
     )
 
 
-def load_base_model(name: str = DEFAULT_MODEL) -> BaseModel:
-    """Load the model named `name` in float32 with its tokenizer, from local files only."""
+def load_base_model(
+    name: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "float32", load_in_4bit: bool = False,
+    gradient_checkpointing: bool = False,
+) -> BaseModel:
+    """Load the model named `name` with its tokenizer, from local files only, onto `device` in `dtype`.
+
+    The device and 4-bit checks run before any weight is read, so a setting this machine
+    cannot honour fails at once.
+    """
+    target, weights = resolve_device(device), resolve_dtype(dtype)
+    if load_in_4bit:
+        check_4bit(target)
     path = resolve_model_dir(name)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    if load_in_4bit:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quantization_config(weights), dtype=weights, device_map={"": target},
+            local_files_only=True,
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=weights, local_files_only=True)
+        if target.type != "cpu":
+            model.to(target)
+    if gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model.eval()
-    return BaseModel(model=model, tokenizer=tokenizer, path=path, name=name)
+    return BaseModel(model=model, tokenizer=tokenizer, path=path, name=name, device=target, quantized=load_in_4bit)
+
+
+def load_configured_model(settings) -> BaseModel:
+    """The base model as [model] configures it (fedlm.config.ModelSettings)."""
+    return load_base_model(settings.name, device=settings.device, dtype=settings.dtype,
+                           load_in_4bit=settings.load_in_4bit, gradient_checkpointing=settings.gradient_checkpointing)
 
 
 def _file_digest(path: Path) -> str:

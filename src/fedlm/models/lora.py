@@ -66,10 +66,15 @@ def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapte
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with torch.random.fork_rng():
+    model = base.model
+    if base.quantized:  # QLoRA: norms in float32, inputs that carry gradients through the frozen 4-bit layers
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model.is_gradient_checkpointing)
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "lora-init"))
         try:
-            model = get_peft_model(base.model, config)
+            model = get_peft_model(model, config)
         except ValueError as err:
             raise ValueError(f"lora.target_modules {list(settings.target_modules)} do not fit this model: {err}") from None
     if settings.aggregation == "ffa":

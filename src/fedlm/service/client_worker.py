@@ -16,97 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
-import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from fedlm.service.scheduling import Traits
+from fedlm.service.secagg_worker import take_part_securely
+from fedlm.service.transport import Connection, JoinSettings, ServerRefused
+
+__all__ = ["Connection", "JoinSettings", "ServerRefused", "join", "take_part"]
 
 log = logging.getLogger("fedlm.join")
 # trains on a task from the global vector: (task, global) -> (float32 update after the client steps, samples, metrics)
 Trainer = Callable[[dict[str, Any], np.ndarray], tuple[np.ndarray, int, dict[str, float]]]
-
-
-class ServerRefused(RuntimeError):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(f"server refused ({status}): {body.get('error')}: {body.get('detail')}")
-        self.status, self.code = status, body.get("error", "")
-
-
-@dataclass(frozen=True)
-class JoinSettings:
-    server: str
-    data: Path
-    cert: Path
-    key: Path
-    ca: Path
-    traits: Traits = field(default_factory=Traits)
-    backoff_initial: float = 0.2  # seconds before the first retry; doubles up to backoff_max
-    backoff_max: float = 5.0
-    give_up_after: float = 300.0  # seconds of consecutive failures before the worker stops
-    threads: int = 1  # torch threads for local training
-
-
-def backoff_delays(initial: float, cap: float, rng: random.Random) -> Callable[[int], float]:
-    """Delay before retry `attempt` (0-based): full jitter over min(cap, initial * 2^attempt)."""
-    return lambda attempt: rng.uniform(0, min(cap, initial * 2**attempt))
-
-
-class Connection:
-    """HTTPS to the coordinator with retries: transport errors and 5xx retry, other 4xx raise."""
-
-    def __init__(self, settings: JoinSettings) -> None:
-        context = ssl.create_default_context(cafile=str(settings.ca))
-        context.load_cert_chain(str(settings.cert), str(settings.key))
-        self.http = httpx.Client(base_url=settings.server, verify=context, timeout=60.0)
-        self.settings = settings
-        self.delay = backoff_delays(settings.backoff_initial, settings.backoff_max, random.Random())
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        started, attempt = time.monotonic(), 0
-        while True:
-            try:
-                response = self.http.request(method, path, **kwargs)
-                if response.status_code < 500:
-                    if response.status_code >= 400:
-                        raise ServerRefused(response.status_code, _json_or_empty(response))
-                    return response
-                reason = f"HTTP {response.status_code}"
-            except httpx.TransportError as err:
-                reason = type(err).__name__
-            if time.monotonic() - started > self.settings.give_up_after:
-                raise RuntimeError(f"server unreachable for {self.settings.give_up_after:.0f} s ({reason})")
-            wait = self.delay(attempt)
-            log.info("retrying %s %s in %.2f s (%s)", method, path, wait, reason)
-            time.sleep(wait)
-            attempt += 1
-
-    def close(self) -> None:
-        self.http.close()
-
-
-def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-        return body if isinstance(body, dict) else {}
-    except ValueError:
-        return {}
-
-
-def read_client_texts(data: Path) -> list[str]:
-    """The client's samples: a folder of .txt files, or fedlm's folder layout (every client's train part)."""
-    from fedlm.data.folders import load_folder, read_txt_client
-
-    if any(data.glob("*.txt")):
-        return read_txt_client(data)
-    return [text for client in load_folder(data).clients for text in client.train]
 
 
 def download_global(conn: Connection, version: int, sha256: str) -> np.ndarray:
@@ -143,7 +68,8 @@ def join(settings: JoinSettings) -> int:
     try:
         me = conn.request("POST", "/v1/clients/register", json=settings.traits.__dict__).json()["client_id"]
         config = conn.request("GET", "/v1/config").json()
-        trainer = LocalTrainer.build(config, read_client_texts(Path(settings.data)), client_id=me, threads=settings.threads)
+        trainer = LocalTrainer.build(config, Path(settings.data), client_id=me, threads=settings.threads,
+                                     device=settings.device)
         return take_part(conn, me, trainer.train, settings.traits)
     finally:
         conn.close()
@@ -151,7 +77,6 @@ def join(settings: JoinSettings) -> int:
 
 def take_part(conn: Connection, me: str, train: Trainer, traits: Traits) -> int:
     """Ask for tasks and answer them until the run is finished; returns the number of updates that counted."""
-    from fedlm.service.secagg_worker import take_part_securely
     from fedlm.updates import wire
 
     sent = 0

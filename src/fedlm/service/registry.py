@@ -61,29 +61,30 @@ def version_vector(store: db.Store, blobs: BlobStore, version: int) -> np.ndarra
 
 def export_version(store: db.Store, blobs: BlobStore, run: RunConfig, version: int, directory: Path) -> Path:
     """Write `version` as a PEFT adapter dir (adapter_config.json + adapter_model.safetensors)."""
-    from fedlm.models.base import load_base_model
-    from fedlm.models.lora import attach_lora, export_adapter
+    from fedlm.models.base import load_configured_model
+    from fedlm.models.lora import export_adapter
+    from fedlm.work import make_work
 
     vector = version_vector(store, blobs, version)
-    adapter = attach_lora(load_base_model(run.model.name), run.lora, seed=run.run.seed)
+    adapter = make_work(run).attach(load_configured_model(run.model))
     if vector.size != adapter.shared_spec.size:
         raise ValueError(f"version {version} holds {vector.size} values; the run config's adapter has {adapter.shared_spec.size}")
     return export_adapter(adapter, vector, Path(directory))
 
 
-def make_evaluator(adapter: Any, tokenizer: Any, run: RunConfig, eval_data: Path, *, max_sequences: int) -> Evaluator:
-    """Held-out loss of a global vector over the server's evaluation folder (fedlm folder layout)."""
-    from fedlm.data.blocks import concat_blocks, pack_texts
-    from fedlm.data.folders import load_folder
-    from fedlm.eval.metrics import evaluate
+def make_evaluator(parts: Any, eval_data: Path, *, max_sequences: int) -> Evaluator:
+    """Held-out loss of a global vector over the server's evaluation folder (the client work's folder layout).
 
-    dataset = load_folder(eval_data, test_fraction=0.5, seed=run.run.seed)
-    parts = [pack_texts(tokenizer, list(c.train) + list(c.test), run.data.seq_len) for c in dataset.clients]
-    blocks = concat_blocks(parts, run.data.seq_len).head(max_sequences)
+    `parts` is the run's assembly (fedlm.assembly.Assembly); every sample of the folder counts.
+    """
+    work, adapter = parts.work, parts.adapter
+    dataset = work.load_folder(eval_data, test_fraction=0.5, seed=parts.config.run.seed)
+    samples = {c.client_id: list(c.train) + list(c.test) for c in dataset.clients}
+    eval_set = work.make_eval_set(parts.base.tokenizer, samples, max_sequences=max_sequences)
 
     def held_out_loss(vector: np.ndarray) -> float:
         adapter.write_shared(vector)
         adapter.write_private(adapter.initial_private)
-        return evaluate(adapter.model, blocks, batch_size=run.eval.batch_size).loss
+        return work.evaluate(adapter.model, eval_set).loss
 
     return held_out_loss

@@ -38,25 +38,19 @@ def population_of(settings: ServiceSettings, run: RunConfig) -> int:
 
 
 def build_runtime(settings: ServiceSettings) -> Runtime:
-    from fedlm.models.base import load_base_model
-    from fedlm.models.lora import attach_lora
-    from fedlm.privacy.plan import make_privacy_plan
-    from fedlm.updates.build import build_pipeline
+    from fedlm.assembly import assemble
 
     run = settings.run_config()
     population = population_of(settings, run)
-    base = load_base_model(run.model.name)
-    adapter = attach_lora(base, run.lora, seed=run.run.seed)
-    plan = make_privacy_plan(run.privacy, run.federation, population)
-    pipeline = build_pipeline(run.strategy, run.lora, adapter.shared_spec, plan, run.compression, run.secagg)
+    parts = assemble(run, population=population)
     evaluator = None
     if settings.registry.eval_data:
-        evaluator = make_evaluator(adapter, base.tokenizer, run, settings.path(settings.registry.eval_data),
+        evaluator = make_evaluator(parts, settings.path(settings.registry.eval_data),
                                    max_sequences=settings.registry.eval_max_sequences)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     coordinator = Coordinator(
-        Store(settings.database_url), BlobStore(settings.data_dir / "blobs"), run=run, pipeline=pipeline,
-        initial_global=adapter.initial_shared, scheduling=settings.scheduling, registry=settings.registry, evaluator=evaluator,
+        Store(settings.database_url), BlobStore(settings.data_dir / "blobs"), run=run, pipeline=parts.pipeline,
+        initial_global=parts.adapter.initial_shared, scheduling=settings.scheduling, registry=settings.registry, evaluator=evaluator,
         secagg=settings.secagg,
     )
     crl = settings.path(settings.tls.crl) if settings.tls.crl else None

@@ -28,7 +28,7 @@ from fedlm.secagg.keys import ShareTampered
 from fedlm.secagg.messages import RoundParameters, SecAggError
 from fedlm.secagg.prg import MaskStream
 from fedlm.service import secagg_codec as codec
-from fedlm.service.client_worker import Connection, ServerRefused
+from fedlm.service.transport import Connection, ServerRefused
 from fedlm.service.payloads import masked_payload
 from fedlm.secagg.inputs import PER_UPDATE_METRICS
 

@@ -21,7 +21,7 @@ import numpy as np
 from fedlm.core.rng import make_rng
 from fedlm.core.types import Task, Update
 from fedlm.updates import wire
-from fedlm.eval.metrics import EvalResult, evaluate
+from fedlm.eval.metrics import EvalResult
 from fedlm.server.rounds import (
     OpenRound,
     abandon_round,
@@ -65,7 +65,7 @@ def sample_cohort(sim: Simulation, round: int) -> tuple[str, ...]:
 def evaluate_global(sim: Simulation, state: ServerState) -> EvalResult:
     sim.adapter.write_shared(state.global_vector)
     sim.adapter.write_private(sim.adapter.initial_private)
-    return evaluate(sim.adapter.model, sim.eval_blocks, batch_size=sim.config.eval.batch_size)
+    return sim.evaluate()
 
 
 def secure_turn(sim: Simulation, state: ServerState, jobs: list[ClientJob], reporter: Reporter) -> ClientTurn:

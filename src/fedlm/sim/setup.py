@@ -1,64 +1,74 @@
-"""Everything a simulation needs, loaded once: base model, adapter, federated data, eval set."""
+"""Everything a simulation needs, loaded once: client work, base model, adapter, federated data, eval set."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import torch
 
+from fedlm.assembly import Assembly, assemble, check_update_path
 from fedlm.config import RunConfig
 from fedlm.core.rng import make_rng
-from fedlm.data.blocks import Blocks, concat_blocks, pack_texts
-from fedlm.data.folders import load_folder
-from fedlm.data.shakespeare import load_shakespeare
+from fedlm.data.blocks import Blocks
 from fedlm.data.types import FederatedDataset
-from fedlm.models.base import BaseModel, load_base_model
-from fedlm.core.vectors import make_spec
-from fedlm.models.lora import Adapter, attach_lora
-from fedlm.privacy.plan import PrivacyPlan, make_privacy_plan
-from fedlm.updates.build import build_pipeline
+from fedlm.models.base import BaseModel
+from fedlm.models.lora import Adapter
 from fedlm.updates.pipeline import Pipeline
+from fedlm.work import ClientWork, EvalSet, make_work
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Simulation:
     config: RunConfig
+    work: ClientWork
     base: BaseModel
     adapter: Adapter
     dataset: FederatedDataset
     population: tuple[str, ...]  # clients that may be sampled to train
     eval_clients: tuple[str, ...]
-    eval_blocks: Blocks
+    eval_set: EvalSet
     pipeline: Pipeline
     full_model_bytes: int  # the base model's weights in float32: what sending the whole model would cost
     train_cache: dict[str, Blocks] = field(default_factory=dict)
     residuals: dict[str, np.ndarray] = field(default_factory=dict)  # top-k error feedback, client-side state
+    data_counts: dict[str, int] = field(default_factory=dict)  # samples, sequences, truncated, dropped (clients tokenized so far)
 
     def train_blocks(self, client_id: str) -> Blocks:
-        """A client's training text, tokenized and packed on first use."""
+        """A client's training samples, tokenized by the client work on first use."""
         if client_id not in self.train_cache:
-            texts = self.dataset.get(client_id).train
-            self.train_cache[client_id] = pack_texts(self.base.tokenizer, texts, self.config.data.seq_len)
+            encoded = self.work.encode(self.base.tokenizer, self.dataset.get(client_id).train)
+            for key, value in encoded.counts().items():
+                self.data_counts[key] = self.data_counts.get(key, 0) + value
+            if encoded.truncated or encoded.dropped:
+                log.info("client %s: %d of %d samples cut at data.seq_len, %d dropped", client_id, encoded.truncated,
+                         encoded.samples, encoded.dropped)
+            self.train_cache[client_id] = encoded.blocks
         return self.train_cache[client_id]
+
+    @property
+    def eval_blocks(self) -> Blocks:
+        return self.eval_set.blocks
+
+    def evaluate(self):
+        """The adapter as it stands, on the evaluation set (fedlm.eval.metrics.EvalResult)."""
+        return self.work.evaluate(self.adapter.model, self.eval_set)
 
 
 def load_dataset(config: RunConfig) -> FederatedDataset:
-    data, seed = config.data, config.run.seed
-    if data.source == "folder":
-        return load_folder(Path(data.path), test_fraction=data.test_fraction, seed=seed)
-    return load_shakespeare(min_lines=data.min_lines, test_fraction=data.test_fraction, seed=seed)
+    return make_work(config).load_federation()
 
 
 def split_population(dataset: FederatedDataset, config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(training population, evaluation clients): a seeded choice of clients that have test text."""
+    """(training population, evaluation clients): a seeded choice of clients that have test samples."""
     ids = dataset.client_ids()
     with_test = [c for c in ids if dataset.get(c).test]
     needed = config.eval.clients + (1 if config.eval.held_out_clients else 0)
     if len(with_test) < config.eval.clients or len(ids) < needed:
         raise ValueError(
-            f"data set {dataset.name!r} has {len(ids)} clients ({len(with_test)} with test text): "
+            f"data set {dataset.name!r} has {len(ids)} clients ({len(with_test)} with test samples): "
             f"too few for eval.clients = {config.eval.clients}"
             + (" plus at least one training client" if config.eval.held_out_clients else "")
         )
@@ -68,17 +78,9 @@ def split_population(dataset: FederatedDataset, config: RunConfig) -> tuple[tupl
     return population, chosen
 
 
-def build_eval_blocks(base: BaseModel, dataset: FederatedDataset, clients: tuple[str, ...], config: RunConfig) -> Blocks:
-    seq_len = config.data.seq_len
-    parts = [pack_texts(base.tokenizer, dataset.get(c).test, seq_len) for c in clients]
-    return concat_blocks(parts, seq_len).head(config.eval.max_sequences)
-
-
-def check_pipeline_settings(config: RunConfig, plan: PrivacyPlan | None, population: int) -> None:
-    """Build the pipeline once on a dummy layout, to refuse bad combinations before the model loads."""
-    dummy = make_spec([("lora_A", (1, 1)), ("lora_B", (1, 1))])
-    build_pipeline(config.strategy, config.lora, dummy, plan, config.compression, config.secagg)
-    check_krum_cohort(config, population)
+def build_eval_set(work: ClientWork, tokenizer, dataset: FederatedDataset, clients: tuple[str, ...], config: RunConfig) -> EvalSet:
+    """The evaluation clients' test samples, encoded by the client work and capped at eval.max_sequences."""
+    return work.make_eval_set(tokenizer, {c: dataset.get(c).test for c in clients}, max_sequences=config.eval.max_sequences)
 
 
 def check_krum_cohort(config: RunConfig, population: int) -> None:
@@ -98,20 +100,19 @@ def check_krum_cohort(config: RunConfig, population: int) -> None:
 
 
 def prepare(config: RunConfig) -> Simulation:
-    """Load the data and model named by `config` and attach a fresh adapter (global version 0).
+    """Load the data and the run's assembly (model, adapter at global version 0, pipeline).
 
-    The update pipeline is checked before the model loads, so a combination that cannot
-    work fails in a second, not after the load.
+    The data and the update pipeline are checked before the model loads, so a data set or a
+    combination that cannot work fails in a second, not after the load.
     """
-    if config.model.threads:
-        torch.set_num_threads(config.model.threads)
-    dataset = load_dataset(config)
+    work = make_work(config)
+    dataset = work.load_federation()
     population, eval_clients = split_population(dataset, config)
-    plan = make_privacy_plan(config.privacy, config.federation, len(population))
-    check_pipeline_settings(config, plan, len(population))
-    base = load_base_model(config.model.name)
-    adapter = attach_lora(base, config.lora, seed=config.run.seed)
-    pipeline = build_pipeline(config.strategy, config.lora, adapter.shared_spec, plan, config.compression, config.secagg)
-    eval_blocks = build_eval_blocks(base, dataset, eval_clients, config)
+    check_update_path(config, len(population))
+    check_krum_cohort(config, len(population))
+    parts: Assembly = assemble(config, population=len(population), work=work)
+    eval_set = build_eval_set(work, parts.base.tokenizer, dataset, eval_clients, config)
+    adapter = parts.adapter
     full_model_bytes = 4 * sum(p.numel() for n, p in adapter.model.named_parameters() if "lora_" not in n)
-    return Simulation(config, base, adapter, dataset, population, eval_clients, eval_blocks, pipeline, full_model_bytes)
+    return Simulation(config, work, parts.base, adapter, dataset, population, eval_clients, eval_set, parts.pipeline,
+                      full_model_bytes)

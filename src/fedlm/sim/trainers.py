@@ -30,6 +30,7 @@ def make_lora_trainer(sim: Simulation, on_step: StepCallback | None = None) -> T
             sim.adapter, task, global_vector=global_vector, private_vector=job.private,
             train_blocks=sim.train_blocks(task.client_id), settings=settings, seed=seed, out=out,
             on_step=on_step, rank=rank if rank < lora.r else None, encode=encode, residual=job.residual,
+            loss_fn=sim.work.loss,
         )
 
     return train

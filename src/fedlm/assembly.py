@@ -1,0 +1,59 @@
+"""One assembly: from a RunConfig to everything a run needs, for every driver.
+
+The simulation (sim.setup), the coordinator (`fedlm serve`), a client (`fedlm join`) and
+the comparison (`fedlm experiment`) all build their run here: the client work `task.kind`
+names, the base model on its device, the adapter whose shared parameters are the update,
+the privacy plan and the update pipeline. The plan and pipeline are checked on a dummy
+layout first (`check_update_path`), so a combination that cannot work fails in a second,
+before the model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedlm.config import RunConfig
+from fedlm.core.vectors import Spec, make_spec
+from fedlm.privacy.plan import PrivacyPlan, make_privacy_plan
+from fedlm.updates.build import build_pipeline
+from fedlm.updates.pipeline import Pipeline
+
+
+@dataclass
+class Assembly:
+    config: RunConfig
+    work: Any  # fedlm.work.ClientWork
+    base: Any  # fedlm.models.base.BaseModel
+    adapter: Any  # fedlm.models.lora.Adapter
+    plan: PrivacyPlan | None
+    pipeline: Pipeline
+
+
+def make_update_path(config: RunConfig, spec: Spec, population: int) -> tuple[PrivacyPlan | None, Pipeline]:
+    """The privacy plan for `population` clients and the update pipeline over `spec`, from one config."""
+    plan = make_privacy_plan(config.privacy, config.federation, population)
+    pipeline = build_pipeline(config.strategy, config.lora, spec, plan, config.compression, config.secagg)
+    return plan, pipeline
+
+
+def check_update_path(config: RunConfig, population: int) -> None:
+    """Build the plan and pipeline once on a dummy layout, to refuse bad combinations before the model loads."""
+    make_update_path(config, make_spec([("lora_A", (1, 1)), ("lora_B", (1, 1))]), population)
+
+
+def assemble(config: RunConfig, *, population: int, work: Any = None) -> Assembly:
+    """Client work, base model (on model.device), adapter, privacy plan and pipeline for `population` clients."""
+    import torch
+
+    from fedlm.models.base import load_configured_model
+    from fedlm.work import make_work
+
+    if config.model.threads:
+        torch.set_num_threads(config.model.threads)
+    work = work if work is not None else make_work(config)
+    check_update_path(config, population)
+    base = load_configured_model(config.model)
+    adapter = work.attach(base)
+    plan, pipeline = make_update_path(config, adapter.shared_spec, population)
+    return Assembly(config, work, base, adapter, plan, pipeline)

@@ -1,0 +1,19 @@
+"""Kinds of client work, by `task.kind`: adding one is a module here and a line in KINDS (and config.TASK_KINDS)."""
+
+from __future__ import annotations
+
+from fedlm.config import TASK_KINDS, RunConfig
+from fedlm.work.causal_lm import CausalLmWork
+from fedlm.work.instruction import InstructionWork
+from fedlm.work.protocol import ClientWork, Encoded, EvalSet
+
+KINDS: dict[str, type] = {"causal_lm": CausalLmWork, "instruction": InstructionWork}
+assert tuple(KINDS) == TASK_KINDS, "config.TASK_KINDS and fedlm.work.KINDS name the same kinds"
+
+
+def make_work(config: RunConfig) -> ClientWork:
+    """The client work `task.kind` names, over the run's settings."""
+    return KINDS[config.task.kind](config)
+
+
+__all__ = ["ClientWork", "Encoded", "EvalSet", "KINDS", "make_work"]

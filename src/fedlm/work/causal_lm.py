@@ -1,0 +1,94 @@
+"""Client work "causal_lm": next-token loss over a client's text, packed into blocks.
+
+The language-modelling objective of GPT-2 pretraining on each client's own text: samples
+are tokenized, joined with the end-of-text token and cut into blocks of data.seq_len
+(fedlm.data.blocks.pack_texts), so no compute goes to padding. Evaluation is held-out
+perplexity, plus multiple-choice questions from a JSONL file when `eval.multiple_choice`
+names one (a question is read as its text and a new line; each option follows it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from fedlm.config import RunConfig
+from fedlm.data.blocks import Blocks, concat_blocks, pack_texts
+from fedlm.data.types import FederatedDataset, Sample
+from fedlm.eval.choice import ChoiceQuestion, ChoiceRecord, read_choice_jsonl
+from fedlm.eval.metrics import EvalResult
+from fedlm.work.protocol import Encoded, EvalSet
+from fedlm.work.language_model import attach_adapter, batch_loss, evaluate_set
+
+
+def check_texts(samples: Sequence[Sample], kind: str) -> list[str]:
+    texts = [s for s in samples if isinstance(s, str)]
+    if len(texts) != len(samples):
+        raise ValueError(f"task.kind = {kind!r} trains on plain text, but the data holds conversations; "
+                         "set task.kind = 'instruction' for chat, prompt/completion or Alpaca records")
+    return texts
+
+
+@dataclass(frozen=True)
+class CausalLmWork:
+    kind: ClassVar[str] = "causal_lm"
+    config: RunConfig
+
+    def load_federation(self) -> FederatedDataset:
+        from fedlm.data.folders import load_folder
+        from fedlm.data.shakespeare import load_shakespeare
+
+        data, seed = self.config.data, self.config.run.seed
+        if data.source == "folder":
+            return load_folder(Path(data.path), test_fraction=data.test_fraction, seed=seed)
+        return load_shakespeare(min_lines=data.min_lines, test_fraction=data.test_fraction, seed=seed)
+
+    def load_folder(self, path: Path, *, test_fraction: float, seed: int) -> FederatedDataset:
+        from fedlm.data.folders import load_folder
+
+        return load_folder(Path(path), test_fraction=test_fraction, seed=seed)
+
+    def read_client(self, path: Path) -> list[Sample]:
+        from fedlm.data.folders import load_folder, read_txt_client
+
+        path = Path(path)
+        if any(path.glob("*.txt")):
+            return list(read_txt_client(path))
+        return [text for client in load_folder(path).clients for text in client.train]
+
+    def encode(self, tokenizer: Any, samples: Sequence[Sample]) -> Encoded:
+        texts = check_texts(samples, self.kind)
+        return Encoded(pack_texts(tokenizer, texts, self.config.data.seq_len), len(texts))
+
+    def make_eval_set(self, tokenizer: Any, samples: Mapping[str, Sequence[Sample]], *, max_sequences: int) -> EvalSet:
+        seq_len = self.config.data.seq_len
+        parts = [pack_texts(tokenizer, check_texts(samples[c], self.kind), seq_len) for c in samples]
+        return EvalSet(concat_blocks(parts, seq_len).head(max_sequences), self.questions(tokenizer, samples))
+
+    def questions(self, tokenizer: Any, samples: Mapping[str, Sequence[Sample]]) -> tuple[ChoiceQuestion, ...]:
+        """The questions of eval.multiple_choice's JSONL file; plain text has no built-in task."""
+        source = self.config.eval.multiple_choice
+        if source in ("auto", "off"):
+            return ()
+        records = read_choice_jsonl(Path(source))[: self.config.eval.choice_questions]
+        return tuple(text_question(tokenizer, r) for r in records)
+
+    def loss(self, model: torch.nn.Module, batch: Blocks) -> torch.Tensor:
+        return batch_loss(model, batch)
+
+    def evaluate(self, model: torch.nn.Module, eval_set: EvalSet) -> EvalResult:
+        return evaluate_set(model, eval_set, self.config, trim=False)
+
+    def attach(self, base: Any) -> Any:
+        return attach_adapter(base, self.config)
+
+
+def text_question(tokenizer: Any, record: ChoiceRecord) -> ChoiceQuestion:
+    """A question as plain text: its text and a new line, each option after it."""
+    prompt = tokenizer(record.question + "\n", add_special_tokens=False)["input_ids"]
+    options = tuple(tuple(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in record.choices)
+    return ChoiceQuestion(tuple(prompt), options, record.answer)
