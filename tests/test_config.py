@@ -213,3 +213,19 @@ def test_apply_overrides_refuses_bad_overrides_naming_the_key(overrides: dict, k
     # Assert
     assert str(err.value).startswith(f"{key}: ")
     assert config == RunConfig()
+
+
+def test_task_kind_is_checked_and_defaults_to_causal_lm():
+    assert RunConfig().task.kind == "causal_lm"
+    assert apply_overrides(RunConfig(), {"task": {"kind": "instruction"}}).task.kind == "instruction"
+    with pytest.raises(ConfigError, match=r"task\.kind: must be one of \('causal_lm', 'instruction'\)"):
+        apply_overrides(RunConfig(), {"task": {"kind": "chat"}})
+
+
+def test_instruction_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"data\.overlong"):
+        apply_overrides(RunConfig(), {"data": {"overlong": "wrap"}})
+    with pytest.raises(ConfigError, match=r"eval\.choice_options: must be >= 2"):
+        apply_overrides(RunConfig(), {"eval": {"choice_options": 1}})
+    with pytest.raises(ConfigError, match=r"eval\.choice_questions: must be >= 1"):
+        apply_overrides(RunConfig(), {"eval": {"choice_questions": 0}})

@@ -52,14 +52,25 @@ def resolve_config(config_file: Path | None, overrides: dict[str, dict[str, Any]
 
 
 def print_result(summary: dict[str, Any], out: Path) -> None:
-    table = Table(title="held-out evaluation (evaluation clients' test text)")
-    for column in ("model", "loss", "perplexity", "next-token accuracy"):
+    instruction = summary.get("task") == "instruction"
+    what = "responses" if instruction else "text"
+    table = Table(title=f"held-out evaluation (evaluation clients' test {what})")
+    choices = "choice_accuracy" in (summary.get("base") or {})
+    columns = ["model", "loss", "perplexity", "next-token accuracy"] + (["multiple choice", "chance"] if choices else [])
+    for column in columns:
         table.add_column(column, justify="right")
     for label, key in (("base", "base"), (f"global v{summary['version']}", "final")):
         row = summary.get(key)
         if row:
-            table.add_row(label, f"{row['loss']:.4f}", f"{row['perplexity']:.2f}", f"{row['accuracy']:.3f}")
+            cells = [label, f"{row['loss']:.4f}", f"{row['perplexity']:.2f}", f"{row['accuracy']:.3f}"]
+            if choices:
+                cells += [f"{row['choice_accuracy']:.3f} of {row['choice_questions']}", f"{row['choice_chance']:.3f}"]
+            table.add_row(*cells)
     console.print(table)
+    counts = summary.get("training_data") or {}
+    if counts.get("truncated") or counts.get("dropped"):
+        console.print(f"training data: {counts['samples']} samples of the clients that trained; {counts['truncated']} cut "
+                      f"at data.seq_len, {counts['dropped']} dropped (data.overlong)")
     if "epsilon" in summary:
         console.print(f"user-level DP: epsilon = {summary['epsilon']:.3f} at delta = {summary['delta']:.3g}")
     if "stop_reason" in summary:

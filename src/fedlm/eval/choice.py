@@ -105,9 +105,9 @@ def score_choices(model: torch.nn.Module, questions: Sequence[ChoiceQuestion], *
 def parse_answer(value: object, count: int, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{source}: \"answer\" must be an option index or a letter, got a {type(value).__name__}")
-    index = value if isinstance(value, int) else ord(value.strip().upper() or "?") - ord("A")
     if isinstance(value, str) and len(value.strip()) != 1:
         raise ValueError(f"{source}: \"answer\" as a string must be one letter (A, B, ...)")
+    index = value if isinstance(value, int) else ord(value.strip().upper()) - ord("A")
     if not 0 <= index < count:
         raise ValueError(f"{source}: \"answer\" {value!r} is not one of the {count} choices")
     return index

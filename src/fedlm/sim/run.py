@@ -50,6 +50,8 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         "seconds": round(seconds, 2),
         "adapter_dir": ADAPTER_DIR,
         "pipeline": sim.pipeline.describe(),
+        "task": sim.config.task.kind,
+        "training_data": dict(sim.data_counts),  # the trained clients' samples: tokenized, cut at seq_len, dropped
     }
     summary.update(privacy_fields(sim, state))
     if result is not None:

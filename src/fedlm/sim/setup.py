@@ -42,9 +42,9 @@ class Simulation:
             encoded = self.work.encode(self.base.tokenizer, self.dataset.get(client_id).train)
             for key, value in encoded.counts().items():
                 self.data_counts[key] = self.data_counts.get(key, 0) + value
-            if encoded.truncated or encoded.dropped:
-                log.info("client %s: %d of %d samples cut at data.seq_len, %d dropped", client_id, encoded.truncated,
-                         encoded.samples, encoded.dropped)
+            if encoded.truncated or encoded.dropped:  # totals reach summary.json and the command's last lines
+                log.debug("client %s: %d of %d samples cut at data.seq_len, %d dropped", client_id, encoded.truncated,
+                          encoded.samples, encoded.dropped)
             self.train_cache[client_id] = encoded.blocks
         return self.train_cache[client_id]
 

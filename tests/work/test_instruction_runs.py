@@ -1,0 +1,88 @@
+"""Instruction tuning end to end: FedAvg on one client is centralized training; the CLI on each JSONL format."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedlm.cli.main import app
+from fedlm.config import RunConfig
+from fedlm.data.blocks import concat_blocks
+from fedlm.experiment.compare import choose_training_clients, fedavg_config, plain_config
+from fedlm.experiment.methods import federated_simulation, train_centralized
+from fedlm.experiment.settings import make_settings, resolve
+from fedlm.sim.engine import simulate
+from fedlm.sim.setup import prepare
+
+runner = CliRunner()
+INSTRUCTION = {"task": {"kind": "instruction"}, "data": {"seq_len": 192}, "client": {"lr": 1e-2}}
+
+
+def test_one_round_of_instruction_fedavg_on_one_client_equals_centralized_instruction_tuning():
+    # Prepare: the tiny model on the Shakespeare dialogue; the federation is one client holding all the training data.
+    config, _ = resolve(RunConfig(), INSTRUCTION, quick=True)
+    settings = make_settings({"train_clients": 1, "rounds": 1, "clients_per_round": 1, "local_steps": 5})
+    sim = prepare(plain_config(config))
+    (client,) = choose_training_clients(sim, 1, config.run.seed)
+    fed = fedavg_config(config, settings)
+    union = concat_blocks([sim.train_blocks(client)], config.data.seq_len)
+    assert len(union) > config.client.batch_size
+    # Execute: FedAvg through the engine, then centralized training with the same steps, batches, seed and loss.
+    federated = simulate(federated_simulation(sim, fed, (client,))).state.global_vector
+    steps = dataclasses.replace(config.client, local_steps=settings.local_steps)
+    result = train_centralized(sim.adapter, union, steps, seed=config.run.seed, name=client, loss_fn=sim.work.loss)
+    centralized = sim.adapter.read_shared(np.empty_like(federated))
+    # Assert: the same adapter to 1e-6, one that moved far beyond that.
+    assert result.steps == 5
+    np.testing.assert_allclose(federated, centralized, rtol=0, atol=1e-6)
+    assert np.abs(centralized - sim.adapter.initial_shared).max() > 1e-2
+
+
+CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+                     {"role": "assistant", "content": "Blue."}]}
+TRL = {"prompt": "Name a colour.", "completion": "Green."}
+ALPACA = {"instruction": "Name a colour.", "input": "", "output": "Red."}
+
+
+def write_federation(root, record, clients=6, per_client=5):
+    root.mkdir()
+    for c in range(clients):
+        lines = [json.dumps({**record}) for _ in range(per_client)]
+        (root / f"site{c}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("name,record", [("chat", CHAT), ("trl", TRL), ("alpaca", ALPACA)])
+def test_simulate_runs_instruction_tuning_on_a_jsonl_folder_in_each_format(tmp_path, name, record):
+    # Prepare
+    data = write_federation(tmp_path / name, record)
+    out = tmp_path / "run"
+    # Execute
+    result = runner.invoke(app, ["simulate", "--model", "tiny", "--data", str(data), "--out", str(out), "-q",
+                                 "--rounds", "2", "--clients-per-round", "2", "--seq-len", "96",
+                                 "--set", "task.kind=instruction", "--set", "eval.clients=2", "--set", "eval.choice_options=2"])
+    # Assert: the run completed, trained on responses and reported the response loss.
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["task"] == "instruction"
+    assert summary["final"]["loss"] < summary["base"]["loss"]
+    assert summary["training_data"]["truncated"] == 0 and summary["training_data"]["dropped"] == 0
+
+
+def test_a_record_in_no_known_format_stops_the_run_naming_file_and_line(tmp_path):
+    # Prepare: site0's third line fits none of the three shapes.
+    data = write_federation(tmp_path / "data", TRL)
+    lines = (data / "site0.jsonl").read_text().splitlines()
+    lines[2] = json.dumps({"question": "Name a colour.", "answer": "Blue."})
+    (data / "site0.jsonl").write_text("\n".join(lines) + "\n")
+    # Execute
+    result = runner.invoke(app, ["simulate", "--model", "tiny", "--data", str(data), "--out", str(tmp_path / "run"),
+                                 "-q", "--set", "task.kind=instruction", "--set", "eval.clients=2"])
+    # Assert: refused before any model loads, and nothing written.
+    assert result.exit_code == 2
+    assert "site0.jsonl, line 3" in result.output.replace("\n", "")
+    assert not (tmp_path / "run").exists()
