@@ -24,7 +24,7 @@ INSTRUCTION = {"task": {"kind": "instruction"}, "data": {"seq_len": 192}, "clien
 
 def test_one_round_of_instruction_fedavg_on_one_client_equals_centralized_instruction_tuning():
     # Prepare: the tiny model on the Shakespeare dialogue; the federation is one client holding all the training data.
-    config, _ = resolve(RunConfig(), INSTRUCTION, quick=True)
+    config, _ = resolve(RunConfig(), {**INSTRUCTION, "eval": {"multiple_choice": "off"}}, quick=True)
     settings = make_settings({"train_clients": 1, "rounds": 1, "clients_per_round": 1, "local_steps": 5})
     sim = prepare(plain_config(config))
     (client,) = choose_training_clients(sim, 1, config.run.seed)
@@ -86,3 +86,25 @@ def test_a_record_in_no_known_format_stops_the_run_naming_file_and_line(tmp_path
     assert result.exit_code == 2
     assert "site0.jsonl, line 3" in result.output.replace("\n", "")
     assert not (tmp_path / "run").exists()
+
+
+def test_quick_comparison_under_instruction_reports_response_perplexity_and_multiple_choice_with_chance(tmp_path):
+    # Execute
+    result = runner.invoke(app, ["experiment", "compare", "--quick", "--out", str(tmp_path / "cmp"),
+                                 "--set", "task.kind=instruction",
+                                 "--set", 'experiment.skip=["fedadam", "fedavg_dp", "fedavg_8bit"]'])
+    # Assert: the four rows, each with multiple-choice counts on both slices, and the table says what chance is.
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert results["task"] == "instruction"
+    assert [m["name"] for m in results["methods"]] == ["base", "centralized", "local_only", "fedavg"]
+    questions = results["slices"]["held_out"]["questions"]
+    assert questions > 0 and results["slices"]["own"]["questions"] > 0
+    for m in results["methods"]:
+        held_out = m["held_out"]
+        assert held_out["choice_questions"] == questions and held_out["choice_chance"] == 0.25
+        assert 0 <= held_out["choice_accuracy"] <= 1
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "| held-out MC acc |" in table and "chance level 0.250" in table
+    assert "loss and perplexity on response tokens only" in table
+    assert "held-out MC acc" in result.output  # the command prints the table too

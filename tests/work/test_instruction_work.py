@@ -79,3 +79,23 @@ def test_trimming_a_right_padded_batch_changes_no_loss():
 def test_trim_of_a_batch_without_labels_keeps_one_column():
     batch = Blocks(torch.zeros((2, 8), dtype=torch.long), torch.full((2, 8), IGNORE))
     assert trim_batch(batch).input_ids.shape == (2, 1)
+
+
+def test_a_simulated_client_whose_every_conversation_is_dropped_is_named_not_trained_on_nothing(tmp_path):
+    # Prepare: a federation where client "long" holds only conversations past seq_len.
+    import json
+
+    from fedlm.sim.setup import prepare
+
+    (tmp_path / "ok.jsonl").write_text("\n".join(json.dumps({"prompt": "Hi", "completion": "Yo"}) for _ in range(4)))
+    (tmp_path / "ok2.jsonl").write_text("\n".join(json.dumps({"prompt": "Hey", "completion": "Yo"}) for _ in range(4)))
+    (tmp_path / "long.jsonl").write_text("\n".join(json.dumps({"prompt": "Hi", "completion": "x" * 80}) for _ in range(4)))
+    config = apply_overrides(RunConfig(), {"model": {"name": "tiny"}, "task": {"kind": "instruction"},
+                                           "data": {"source": "folder", "path": str(tmp_path), "seq_len": 40,
+                                                    "overlong": "drop"},
+                                           "eval": {"clients": 1, "multiple_choice": "off"}})
+    sim = prepare(config)
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"client 'long' has no training sequence left: its 3 samples"):
+        sim.train_blocks("long")
+    assert "long" not in sim.train_cache

@@ -132,7 +132,9 @@ def run_comparison(
         log(f"{name} ...")
         result = run()
         results.append(result)
-        log(f"{name}: held-out perplexity {result.slices['held_out'].perplexity:.2f} ({result.seconds:.0f} s)")
+        held_out = result.slices["held_out"]
+        choice = f", multiple choice {held_out.choice_accuracy:.3f}" if held_out.choice.questions else ""
+        log(f"{name}: held-out perplexity {held_out.perplexity:.2f}{choice} ({result.seconds:.0f} s)")
         if on_progress is not None and len(results) >= 2:
             on_progress(results_dict(bench, settings, results, time.perf_counter() - started))
     return results_dict(bench, settings, results, time.perf_counter() - started)

@@ -153,7 +153,9 @@ class RoundLog(SilentReporter):
         self.name, self.log = name, log
 
     def round_done(self, record: dict[str, Any]) -> None:
-        self.log(f"  {self.name} round {record['round']}: held-out perplexity {record['eval']['perplexity']:.2f} "
+        scores = record["eval"]
+        choice = f", multiple choice {scores['choice_accuracy']:.3f}" if "choice_accuracy" in scores else ""
+        self.log(f"  {self.name} round {record['round']}: held-out perplexity {scores['perplexity']:.2f}{choice} "
                  f"({record['seconds']:.0f} s)")
 
 
@@ -176,8 +178,11 @@ def run_federated(bench: Bench, name: str, config: RunConfig, log: Log) -> Metho
     curve, sequences = [], 0
     for record in result.records:
         sequences += record["accepted"] * per_client
-        curve.append({"round": record["round"], "sequences": sequences, "loss": record["eval"]["loss"],
-                      "perplexity": record["eval"]["perplexity"]})
+        point = {"round": record["round"], "sequences": sequences, "loss": record["eval"]["loss"],
+                 "perplexity": record["eval"]["perplexity"]}
+        if "choice_accuracy" in record["eval"]:
+            point["choice_accuracy"] = record["eval"]["choice_accuracy"]
+        curve.append(point)
     last = result.records[-1] if result.records else {}
     extra = {k: last[k] for k in ("epsilon", "delta", "noise_multiplier", "clip_norm", "bytes_up_per_client", "up_vs_full_model") if k in last}
     extra.update(rounds=len(result.records), pipeline=sim.pipeline.describe())

@@ -136,6 +136,8 @@ QUICK_RUN = {
     "client": {"batch_size": 2, "lr": 5e-3},
     "eval": {"clients": 2, "max_sequences": 4},
 }
+# --quick under task.kind = "instruction": the tiny model's byte tokens need longer sequences for a cue and its reply.
+QUICK_INSTRUCTION = {"data": {"seq_len": 320}, "eval": {"choice_questions": 8}}  # the longest cue is about 230 bytes
 QUICK_EXPERIMENT = {
     "train_clients": 4, "rounds": 2, "clients_per_round": 2, "local_steps": 1, "own_max_sequences": 4,
     "dp_rounds": 1, "dp_sample_rate": 1.0, "dp_local_steps": 1, "dp_batch_size": 2, "dp_accountant": "rdp",
@@ -147,6 +149,8 @@ def resolve(config: RunConfig, overrides: dict[str, dict[str, Any]], *, quick: b
     run_overrides, experiment_values = split_overrides(overrides)
     if quick:
         config = apply_overrides(config, QUICK_RUN)
+        if run_overrides.get("task", {}).get("kind", config.task.kind) == "instruction":
+            config = apply_overrides(config, QUICK_INSTRUCTION)
     settings = make_settings(QUICK_EXPERIMENT) if quick else ExperimentSettings()
     return apply_overrides(config, run_overrides), make_settings(experiment_values, settings)
 

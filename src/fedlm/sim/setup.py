@@ -45,6 +45,10 @@ class Simulation:
             if encoded.truncated or encoded.dropped:  # totals reach summary.json and the command's last lines
                 log.debug("client %s: %d of %d samples cut at data.seq_len, %d dropped", client_id, encoded.truncated,
                           encoded.samples, encoded.dropped)
+            if len(encoded.blocks) == 0:
+                raise ValueError(f"client {client_id!r} has no training sequence left: its {encoded.samples} samples were "
+                                 f"all longer than data.seq_len = {self.config.data.seq_len} and data.overlong = 'drop' "
+                                 "left them out; raise data.seq_len or use data.overlong = 'truncate'")
             self.train_cache[client_id] = encoded.blocks
         return self.train_cache[client_id]
 
