@@ -26,8 +26,10 @@ RESIDUAL_PREFIX = "residual/"
 
 
 def save_checkpoint(
-    run_dir: Path, state: ServerState, private: dict[str, np.ndarray], residuals: dict[str, np.ndarray] | None = None
+    run_dir: Path, state: ServerState, private: dict[str, np.ndarray], residuals: dict[str, np.ndarray] | None = None,
+    *, fingerprint: str = "",
 ) -> None:
+    """Replace the checkpoint atomically; `fingerprint` names the run that wrote it (sim.rundir.run_fingerprint)."""
     arrays = {"global": state.global_vector}
     arrays.update({f"opt/{i}": m for i, m in enumerate(state.opt_state)})
     arrays.update({PRIVATE_PREFIX + cid: v for cid, v in private.items() if v.size})
@@ -38,6 +40,7 @@ def save_checkpoint(
         "clip_norm": state.clip_norm,
         "opt_state_len": len(state.opt_state),
         "ledger": json.loads(state.ledger.to_json()),
+        "run_fingerprint": fingerprint,
     }
     target = Path(run_dir) / CHECKPOINT_DIR
     staging = Path(run_dir) / (CHECKPOINT_DIR + ".new")
@@ -59,14 +62,24 @@ def load_checkpoint(run_dir: Path) -> tuple[ServerState, dict[str, np.ndarray]]:
     return state, private
 
 
-def load_checkpoint_full(run_dir: Path) -> tuple[ServerState, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """State, private parameters and error-feedback residuals; falls back to the previous
-    checkpoint if a crash hit between replacing the old one and publishing the new one."""
+def checkpoint_folder(run_dir: Path) -> Path:
+    """The checkpoint to read; the previous one if a crash hit between replacing it and publishing the new one."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not (folder / "state.json").is_file():
         folder = Path(run_dir) / (CHECKPOINT_DIR + ".old")
     if not (folder / "state.json").is_file():
         raise ValueError(f"{run_dir} has no checkpoint to resume from")
+    return folder
+
+
+def checkpoint_meta(run_dir: Path) -> dict:
+    """The checkpoint's small JSON half: version, rounds_done, the run's fingerprint ("" before fingerprints were kept)."""
+    return json.loads((checkpoint_folder(run_dir) / "state.json").read_text())
+
+
+def load_checkpoint_full(run_dir: Path) -> tuple[ServerState, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """State, private parameters and error-feedback residuals (see checkpoint_folder)."""
+    folder = checkpoint_folder(run_dir)
     meta = json.loads((folder / "state.json").read_text())
     arrays = load_file(str(folder / "state.safetensors"))
     state = ServerState(

@@ -18,15 +18,18 @@ import numpy as np
 from fedlm.config import RunConfig, load_config
 from fedlm.models.lora import export_adapter
 from fedlm.server.rounds import ServerState, initial_state
-from fedlm.sim.checkpoint import load_checkpoint_full, save_checkpoint
+from fedlm.sim.checkpoint import checkpoint_meta, load_checkpoint_full, save_checkpoint
 from fedlm.sim.engine import RunResult, privacy_fields, simulate
 from fedlm.sim.events import Reporter
 from fedlm.sim.rundir import (
     ADAPTER_DIR,
     CONFIG_FILE,
+    METRICS_FILE,
     append_metrics,
     check_run_dir,
     make_run_dir,
+    read_metrics,
+    run_fingerprint,
     truncate_metrics,
     write_config,
     write_summary,
@@ -70,6 +73,27 @@ def check_resume_config(saved: RunConfig, config: RunConfig) -> None:
                          "the run's config.toml")
 
 
+def check_checkpoint_owner(out: Path, config: RunConfig) -> None:
+    """Refuse a checkpoint that another run wrote (other settings or seed) before anything resumes from it.
+
+    A checkpoint from before fingerprints were kept is taken only if metrics.jsonl holds a line
+    for each of its rounds (the last one may be missing: the checkpoint is written first), as
+    it does when both come from the same run.
+    """
+    meta = checkpoint_meta(out)
+    saved, rounds_done = meta.get("run_fingerprint", ""), int(meta["rounds_done"])
+    if saved:
+        if saved != run_fingerprint(config):
+            raise ValueError(f"{out}'s checkpoint was written by a run with other settings or another seed than its "
+                             f"{CONFIG_FILE}; it cannot be resumed. Start a new run (another --out, or --overwrite)")
+        return
+    metrics = Path(out) / METRICS_FILE
+    rounds = [r["round"] for r in read_metrics(out)] if metrics.is_file() else []
+    if rounds != list(range(1, len(rounds) + 1)) or not rounds_done - 1 <= len(rounds) <= rounds_done:
+        raise ValueError(f"{out}'s checkpoint holds {rounds_done} rounds but {METRICS_FILE} records {len(rounds)}: "
+                         "they come from different runs, so it cannot be resumed. Start a new run")
+
+
 def resume_state(sim: Simulation, out: Path) -> tuple[ServerState, dict[str, np.ndarray]]:
     state, private, residuals = load_checkpoint_full(out)
     if state.global_vector.size != sim.adapter.shared_spec.size:
@@ -88,6 +112,7 @@ def run_simulation(
         raise ValueError(f"--resume needs a run directory; {out} holds no {CONFIG_FILE}")
     if resume:
         check_resume_config(load_config(Path(out) / CONFIG_FILE), config)
+        check_checkpoint_owner(Path(out), config)
     else:
         check_run_dir(out, overwrite=overwrite)
     started = time.perf_counter()
@@ -99,13 +124,14 @@ def run_simulation(
         start, private = None, {}
     out = Path(out)
     write_config(out, config)
+    fingerprint = run_fingerprint(config)
     first = start if start is not None else initial_state(sim.adapter.initial_shared, sim.pipeline)
     last: dict[str, Any] = {"state": first, "eval": None}
 
     def on_record(record: dict[str, Any], state: ServerState) -> None:
         # the checkpoint (with the ledger) first: a crash after it loses only a metrics line,
         # never a released round that the ledger does not hold
-        save_checkpoint(out, state, private, sim.residuals)
+        save_checkpoint(out, state, private, sim.residuals, fingerprint=fingerprint)
         append_metrics(out, record)
         last["state"], last["eval"] = state, record
 

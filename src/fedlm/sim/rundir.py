@@ -5,17 +5,23 @@ Lines hold numbers and counts only: never client text, never update contents.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedlm.config import RunConfig, dump_config
+from fedlm.config import RunConfig, SimulationSettings, dump_config
+from fedlm.sim.checkpoint import CHECKPOINT_DIR
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
+RUN_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, METRICS_FILE + ".tmp", SUMMARY_FILE + ".tmp")
+RUN_DIRS = (ADAPTER_DIR, CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".new")
 
 
 def check_run_dir(path: Path, *, overwrite: bool = False) -> Path:
@@ -29,12 +35,26 @@ def check_run_dir(path: Path, *, overwrite: bool = False) -> Path:
 
 
 def make_run_dir(path: Path, *, overwrite: bool = False) -> Path:
-    """Create the run directory (after `check_run_dir`), clearing an old run's metrics and summary."""
+    """Create the run directory (after `check_run_dir`).
+
+    Every file and folder a previous run wrote there goes first, its checkpoint included, so
+    that nothing of it can be resumed or mistaken for the new run's; other files are left alone.
+    """
     path = check_run_dir(path, overwrite=overwrite)
     path.mkdir(parents=True, exist_ok=True)
-    for name in (METRICS_FILE, SUMMARY_FILE):
+    for name in RUN_DIRS:
+        shutil.rmtree(path / name, ignore_errors=True)
+        if (path / name).exists():
+            raise ValueError(f"--overwrite could not remove {path / name}; remove it by hand")
+    for name in RUN_FILES:
         (path / name).unlink(missing_ok=True)
     return path
+
+
+def run_fingerprint(config: RunConfig) -> str:
+    """A hash of every setting a resumed run must keep (all but federation.rounds and [simulation])."""
+    kept = replace(config, federation=replace(config.federation, rounds=1), simulation=SimulationSettings())
+    return hashlib.sha256(dump_config(kept).encode()).hexdigest()[:16]
 
 
 def write_config(path: Path, config: RunConfig) -> None:
