@@ -22,7 +22,7 @@ How to run
     benchmarks/gpu_check.sh --model tiny --steps 4       # the tiny random Llama, seconds
     benchmarks/gpu_check.sh --json                       # one JSON object on stdout
 Exit status 0 when every row that ran trained with finite losses and round-tripped exactly,
-1 otherwise (or with --require-gpu on a machine without CUDA).
+1 otherwise; with --require-gpu also 1 on a machine without CUDA or when a row was skipped.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="timed local-training steps per configuration")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per conversation row (longer ones are dropped)")
-    parser.add_argument("--require-gpu", action="store_true", help="exit 1 (not 0) on a machine without CUDA")
+    parser.add_argument("--require-gpu", action="store_true",
+                        help="exit 1 (not 0) on a machine without CUDA, or when any row was skipped (4-bit without bitsandbytes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size"):
@@ -208,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         print(table(result))
+    skipped = [name for name, r in result["rows"].items() if r["status"] == "skipped"]
+    if args.require_gpu and skipped:
+        print(f"gpu_check: --require-gpu, but {', '.join(skipped)} did not run", file=sys.stderr)
+        return 1
     return 0 if result["ok"] else 1
 
 

@@ -229,3 +229,17 @@ def test_instruction_settings_are_checked():
         apply_overrides(RunConfig(), {"eval": {"choice_options": 1}})
     with pytest.raises(ConfigError, match=r"eval\.choice_questions: must be >= 1"):
         apply_overrides(RunConfig(), {"eval": {"choice_questions": 0}})
+
+
+def test_every_task_kind_has_a_client_work_module_and_no_other():
+    from fedlm.config import TASK_KINDS
+    from fedlm.work import KINDS
+
+    assert tuple(KINDS) == TASK_KINDS
+    assert all(KINDS[kind].kind == kind for kind in KINDS)
+
+
+def test_a_multiple_choice_setting_that_is_neither_a_mode_nor_a_jsonl_path_is_refused():
+    assert apply_overrides(RunConfig(), {"eval": {"multiple_choice": "my/questions.jsonl"}}).eval.multiple_choice
+    with pytest.raises(ConfigError, match=r"eval\.multiple_choice: must be 'auto', 'off' or the path of a \.jsonl file"):
+        apply_overrides(RunConfig(), {"eval": {"multiple_choice": "Auto"}})

@@ -11,7 +11,7 @@ before the model loads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fedlm.config import RunConfig
 from fedlm.core.vectors import Spec, make_spec
@@ -19,13 +19,18 @@ from fedlm.privacy.plan import PrivacyPlan, make_privacy_plan
 from fedlm.updates.build import build_pipeline
 from fedlm.updates.pipeline import Pipeline
 
+if TYPE_CHECKING:  # torch, transformers and PEFT load only when a model is assembled
+    from fedlm.models.base import BaseModel
+    from fedlm.models.lora import Adapter
+    from fedlm.work import ClientWork
+
 
 @dataclass
 class Assembly:
     config: RunConfig
-    work: Any  # fedlm.work.ClientWork
-    base: Any  # fedlm.models.base.BaseModel
-    adapter: Any  # fedlm.models.lora.Adapter
+    work: ClientWork
+    base: BaseModel
+    adapter: Adapter
     plan: PrivacyPlan | None
     pipeline: Pipeline
 
@@ -40,10 +45,27 @@ def make_update_path(config: RunConfig, spec: Spec, population: int) -> tuple[Pr
 def check_update_path(config: RunConfig, population: int) -> None:
     """Build the plan and pipeline once on a dummy layout, to refuse bad combinations before the model loads."""
     make_update_path(config, make_spec([("lora_A", (1, 1)), ("lora_B", (1, 1))]), population)
+    check_krum_cohort(config, population)
 
 
-def assemble(config: RunConfig, *, population: int, work: Any = None) -> Assembly:
-    """Client work, base model (on model.device), adapter, privacy plan and pipeline for `population` clients."""
+def check_krum_cohort(config: RunConfig, population: int) -> None:
+    """Krum needs a cohort of at least 2f + 3, known before any client trains."""
+    strategy = config.strategy
+    if strategy.aggregator not in ("krum", "multi_krum"):
+        return
+    if config.federation.sampling != "fixed":
+        raise ValueError(f"strategy.aggregator = {strategy.aggregator!r} needs federation.sampling = 'fixed': "
+                         "a Poisson cohort can be smaller than Krum's 2f + 3")
+    cohort, f = min(config.federation.clients_per_round, population), strategy.num_byzantine
+    if cohort < 2 * f + 3:
+        raise ValueError(f"strategy.num_byzantine = {f} needs a cohort of at least {2 * f + 3}; "
+                         f"federation.clients_per_round gives {cohort}")
+    if strategy.krum_selected > cohort - f:
+        raise ValueError(f"strategy.krum_selected = {strategy.krum_selected} exceeds cohort - f = {cohort - f}")
+
+
+def assemble_model(config: RunConfig, work: ClientWork | None = None) -> tuple[ClientWork, BaseModel, Adapter]:
+    """The client work, the base model on model.device, and the adapter whose shared parameters are the update."""
     import torch
 
     from fedlm.models.base import load_configured_model
@@ -52,8 +74,13 @@ def assemble(config: RunConfig, *, population: int, work: Any = None) -> Assembl
     if config.model.threads:
         torch.set_num_threads(config.model.threads)
     work = work if work is not None else make_work(config)
-    check_update_path(config, population)
     base = load_configured_model(config.model)
-    adapter = work.attach(base)
+    return work, base, work.attach(base)
+
+
+def assemble(config: RunConfig, *, population: int, work: ClientWork | None = None) -> Assembly:
+    """Client work, base model (on model.device), adapter, privacy plan and pipeline for `population` clients."""
+    check_update_path(config, population)
+    work, base, adapter = assemble_model(config, work)
     plan, pipeline = make_update_path(config, adapter.shared_spec, population)
     return Assembly(config, work, base, adapter, plan, pipeline)

@@ -211,7 +211,8 @@ class EvalSettings:
     choice_options: int = 4  # options per built-in question (the true one and seeded distractors)
 
     def __post_init__(self) -> None:
-        require(bool(self.multiple_choice), "eval.multiple_choice", "must be 'auto', 'off' or a JSONL path")
+        require(self.multiple_choice in ("auto", "off") or self.multiple_choice.endswith(".jsonl"), "eval.multiple_choice",
+                 f"must be 'auto', 'off' or the path of a .jsonl file, got {self.multiple_choice!r}")
         require(self.choice_questions >= 1, "eval.choice_questions", "must be >= 1")
         require(self.choice_options >= 2, "eval.choice_options", "must be >= 2")
         require(self.clients >= 1, "eval.clients", "must be >= 1")

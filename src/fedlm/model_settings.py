@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fedlm.settings_checks import require
 
 TASK_KINDS = ("causal_lm", "instruction")  # one module each under fedlm.work
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names (fedlm.models.device maps them)
 
 
 def is_device_name(name: str) -> bool:

@@ -121,7 +121,7 @@ BAD_RECORDS = [
     ({"messages": [{"role": "user"}]}, r'messages\[0\] has no "content"'),
     ({"messages": [{"role": "user", "content": 42}]}, r'messages\[0\] "content" is a number, not a string'),
     ({"messages": [{"role": "user", "content": None}]}, r'messages\[0\] "content" is null, not a string'),
-    ({"messages": [{"role": "human", "content": SECRET}]}, r"messages\[0\] has role 'human'; roles are system, user, assistant"),
+    ({"messages": [{"role": "human", "content": SECRET}]}, r"messages\[0\] has an unknown role; roles are system, user, assistant"),
     ({"messages": [{"role": "user", "content": SECRET}]}, r"no assistant turn"),
     ({"messages": [{"role": "assistant", "content": SECRET}]}, r"starts with the assistant"),
     (_chat(SECRET, " \n\t"), r"messages\[1\] is an assistant turn that is empty or only whitespace"),

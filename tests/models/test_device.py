@@ -12,7 +12,7 @@ from fedlm.core.types import Task
 from fedlm.data.blocks import pack_texts
 from fedlm.models.base import load_base_model
 from fedlm.models.device import DeviceError, resolve_device
-from fedlm.models.lora import attach_lora
+from fedlm.models.lora import attach_lora, is_checkpointing
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device; this machine has none (see benchmarks/gpu_check.py)")
@@ -61,7 +61,7 @@ def test_gradient_checkpointing_gives_the_same_update():
     # Execute
     a, b = one_update(plain, blocks), one_update(checkpointed, blocks)
     # Assert: recomputing activations changes memory, not arithmetic.
-    assert checkpointed.model.is_gradient_checkpointing and not plain.model.is_gradient_checkpointing
+    assert is_checkpointing(checkpointed.model) and not is_checkpointing(plain.model)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert np.abs(a).max() > 1e-4
 

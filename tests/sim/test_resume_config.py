@@ -19,3 +19,10 @@ def test_resume_may_add_rounds_and_switch_executor():
 def test_resume_refuses_any_other_change(change):
     with pytest.raises(ValueError, match="--resume may change federation.rounds and"):
         check_resume_config(RunConfig(), apply_overrides(RunConfig(), change))
+
+
+def test_resume_may_move_the_run_to_another_device_or_thread_count():
+    saved = RunConfig()
+    check_resume_config(saved, apply_overrides(saved, {"model": {"device": "cpu", "threads": 2, "gradient_checkpointing": True}}))
+    with pytest.raises(ValueError, match="--resume may change federation.rounds and"):
+        check_resume_config(saved, apply_overrides(saved, {"model": {"dtype": "bfloat16"}}))  # changes the arithmetic

@@ -103,3 +103,16 @@ def test_with_smollm2s_own_tokenizer_and_template_the_labels_are_the_replies(smo
     # Assert: BPE tokens merge characters, yet the labelled runs are exactly the replies and <|im_end|>.
     assert labelled_runs(smollm2_tokenizer, sequence) == ["Hello!<|im_end|>", "See ya<|im_end|>"]
     assert smollm2_tokenizer.decode(sequence.input_ids[: sequence.prompt_length]).endswith("<|im_start|>assistant\n")
+
+
+def test_a_template_that_raises_for_a_conversation_is_refused_with_the_source_not_a_traceback():
+    # Prepare: a Mistral-style template that insists on alternating user and assistant turns.
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    two_users = make_conversation([("user", "a"), ("user", "b"), ("assistant", "c")], source="x.jsonl, line 7")
+    # Execute / Assert
+    with pytest.raises(TemplateError, match=r"x\.jsonl, line 7: the model's chat template refuses it: roles must alternate"):
+        label_conversation(tokenizer, two_users)

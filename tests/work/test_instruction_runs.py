@@ -19,7 +19,7 @@ from fedlm.sim.engine import simulate
 from fedlm.sim.setup import prepare
 
 runner = CliRunner()
-INSTRUCTION = {"task": {"kind": "instruction"}, "data": {"seq_len": 192}, "client": {"lr": 1e-2}}
+INSTRUCTION = {"task": {"kind": "instruction"}, "data": {"seq_len": 320, "min_lines": 300}, "client": {"lr": 1e-2}}
 
 
 def test_one_round_of_instruction_fedavg_on_one_client_equals_centralized_instruction_tuning():
@@ -42,21 +42,32 @@ def test_one_round_of_instruction_fedavg_on_one_client_equals_centralized_instru
     assert np.abs(centralized - sim.adapter.initial_shared).max() > 1e-2
 
 
-CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
-                     {"role": "assistant", "content": "Blue."}]}
-TRL = {"prompt": "Name a colour.", "completion": "Green."}
-ALPACA = {"instruction": "Name a colour.", "input": "", "output": "Red."}
+COLOURS = ["Blue.", "Green.", "Red.", "Amber.", "Violet."]
+
+
+def chat(i: int) -> dict:
+    return {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Colour {i}?"},
+                         {"role": "assistant", "content": COLOURS[i % 5]}]}
+
+
+def trl(i: int) -> dict:
+    return {"prompt": f"Colour {i}?", "completion": COLOURS[i % 5]}
+
+
+def alpaca(i: int) -> dict:
+    return {"instruction": f"Colour {i}?", "input": "", "output": COLOURS[i % 5]}
 
 
 def write_federation(root, record, clients=6, per_client=5):
+    """`clients` JSONL files of `per_client` records each, record(i) giving line i's (replies differ by line)."""
     root.mkdir()
     for c in range(clients):
-        lines = [json.dumps({**record}) for _ in range(per_client)]
+        lines = [json.dumps(record(i)) for i in range(per_client)]
         (root / f"site{c}.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
 
-@pytest.mark.parametrize("name,record", [("chat", CHAT), ("trl", TRL), ("alpaca", ALPACA)])
+@pytest.mark.parametrize("name,record", [("chat", chat), ("trl", trl), ("alpaca", alpaca)])
 def test_simulate_runs_instruction_tuning_on_a_jsonl_folder_in_each_format(tmp_path, name, record):
     # Prepare
     data = write_federation(tmp_path / name, record)
@@ -65,20 +76,23 @@ def test_simulate_runs_instruction_tuning_on_a_jsonl_folder_in_each_format(tmp_p
     result = runner.invoke(app, ["simulate", "--model", "tiny", "--data", str(data), "--out", str(out), "-q",
                                  "--rounds", "2", "--clients-per-round", "2", "--seq-len", "96",
                                  "--set", "task.kind=instruction", "--set", "eval.clients=2", "--set", "eval.choice_options=2"])
-    # Assert: the run completed, trained on responses and reported the response loss.
+    # Assert: the run completed, trained on responses, and reported the response loss and two-option questions.
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["task"] == "instruction"
     assert summary["final"]["loss"] < summary["base"]["loss"]
-    assert summary["training_data"]["truncated"] == 0 and summary["training_data"]["dropped"] == 0
+    assert summary["training_data"] == {"samples": 4 * 4, "sequences": 16, "truncated": 0, "dropped": 0}  # 4 sites x 4 train
+    assert summary["final"]["choice_questions"] == summary["eval_data"]["questions"] == 2  # 2 sites x 1 test line
+    assert summary["final"]["choice_chance"] == 0.5
 
 
-def test_a_record_in_no_known_format_stops_the_run_naming_file_and_line(tmp_path):
+def test_a_record_in_no_known_format_stops_the_run_naming_file_and_line(tmp_path, monkeypatch):
     # Prepare: site0's third line fits none of the three shapes.
-    data = write_federation(tmp_path / "data", TRL)
+    data = write_federation(tmp_path / "data", trl)
     lines = (data / "site0.jsonl").read_text().splitlines()
     lines[2] = json.dumps({"question": "Name a colour.", "answer": "Blue."})
     (data / "site0.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr("fedlm.sim.setup.assemble", lambda *a, **k: pytest.fail("the model loaded before the data was read"))
     # Execute
     result = runner.invoke(app, ["simulate", "--model", "tiny", "--data", str(data), "--out", str(tmp_path / "run"),
                                  "-q", "--set", "task.kind=instruction", "--set", "eval.clients=2"])
@@ -108,3 +122,49 @@ def test_quick_comparison_under_instruction_reports_response_perplexity_and_mult
     assert "| held-out MC acc |" in table and "chance level 0.250" in table
     assert "loss and perplexity on response tokens only" in table
     assert "held-out MC acc" in result.output  # the command prints the table too
+
+
+def test_simulate_runs_on_the_embedded_shakespeare_dialogue(tmp_path):
+    # Prepare: the roles with at least 400 verse lines only, to keep the test short.
+    out = tmp_path / "run"
+    # Execute
+    result = runner.invoke(app, ["simulate", "--model", "tiny", "--out", str(out), "-q", "--rounds", "1", "--seq-len", "320",
+                                 "--set", "task.kind=instruction", "--set", "data.min_lines=400",
+                                 "--set", "eval.clients=2", "--set", "eval.choice_questions=6"])
+    # Assert: the dialogue data set, six reply-of-four questions, the printed table with the chance level.
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "shakespeare-dialogue" and summary["rounds_done"] == 1
+    assert summary["final"]["choice_questions"] == 6 and summary["final"]["choice_chance"] == 0.25
+    assert summary["training_data"]["samples"] > 100 and summary["training_data"]["dropped"] == 0
+    assert "multiple choice" in result.output and "chance" in result.output
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "instruction"])
+def test_a_users_own_multiple_choice_file_is_asked_under_either_kind(tmp_path, kind):
+    # Prepare: three questions; the data is plain text for causal_lm, conversations for instruction.
+    questions = tmp_path / "mc.jsonl"
+    questions.write_text("\n".join(json.dumps(q) for q in [
+        {"question": "Which is a colour?", "choices": ["Blue", "Table"], "answer": 0},
+        {"question": "Which is a number?", "choices": ["Seven", "Green", "Chair"], "answer": "A"},
+        {"question": "Which is an animal?", "choices": ["Tree", "Horse"], "answer": 1},
+    ]) + "\n")
+    if kind == "instruction":
+        data = write_federation(tmp_path / "data", trl)
+    else:
+        data = tmp_path / "data"
+        for c in range(6):
+            (data / f"site{c}").mkdir(parents=True)
+            (data / f"site{c}" / "a.txt").write_text("\n\n".join(f"Line {i} of site {c}." for i in range(5)))
+    out = tmp_path / "run"
+    # Execute
+    result = runner.invoke(app, ["simulate", "--model", "tiny", "--data", str(data), "--out", str(out), "-q",
+                                 "--rounds", "1", "--clients-per-round", "2", "--seq-len", "96", "--set", f"task.kind={kind}",
+                                 "--set", "eval.clients=2", "--set", f"eval.multiple_choice={questions}"])
+    # Assert: every question asked each evaluation, chance (1/2 + 1/3 + 1/2) / 3.
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    for row in (summary["base"], summary["final"]):
+        assert row["choice_questions"] == 3
+        assert row["choice_chance"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 2) / 3)
+        assert row["choice_accuracy"] in (0, 1 / 3, 2 / 3, 1)

@@ -81,7 +81,7 @@ def test_trim_of_a_batch_without_labels_keeps_one_column():
     assert trim_batch(batch).input_ids.shape == (2, 1)
 
 
-def test_a_simulated_client_whose_every_conversation_is_dropped_is_named_not_trained_on_nothing(tmp_path):
+def test_a_client_whose_every_conversation_is_dropped_stops_the_run_before_round_1_and_counts_nothing(tmp_path):
     # Prepare: a federation where client "long" holds only conversations past seq_len.
     import json
 
@@ -94,8 +94,12 @@ def test_a_simulated_client_whose_every_conversation_is_dropped_is_named_not_tra
                                            "data": {"source": "folder", "path": str(tmp_path), "seq_len": 40,
                                                     "overlong": "drop"},
                                            "eval": {"clients": 1, "multiple_choice": "off"}})
-    sim = prepare(config)
-    # Execute / Assert
-    with pytest.raises(ValueError, match=r"client 'long' has no training sequence left: its 3 samples"):
+    # Execute / Assert: preparing the run refuses it, naming the client.
+    message = r"client 'long' has no training sequence left: its 3 samples"
+    with pytest.raises(ValueError, match=message):
+        prepare(config)
+    # And a lazily encoding simulation (a worker's) refuses the client without counting or caching anything.
+    sim = prepare(config, encode_all=False)
+    with pytest.raises(ValueError, match=message):
         sim.train_blocks("long")
-    assert "long" not in sim.train_cache
+    assert "long" not in sim.train_cache and sim.data_counts == {}

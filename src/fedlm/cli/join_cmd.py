@@ -13,7 +13,7 @@ console = Console(stderr=True)
 
 def join_command(
     server: str = typer.Option(..., "--server", help="The coordinator's URL, e.g. https://127.0.0.1:8443"),
-    data: Path = typer.Option(..., "--data", help="This client's data: .txt files (task.kind = causal_lm) or .jsonl records (instruction); a folder or a file."),
+    data: Path = typer.Option(..., "--data", help="This client's data: a folder of .txt files (task.kind = causal_lm); a .jsonl file or a folder of them (instruction)."),
     cert: Path = typer.Option(..., "--cert", help="Client certificate (PEM); its CN is the client id."),
     key: Path = typer.Option(..., "--key", help="The certificate's private key (PEM)."),
     ca: Path = typer.Option(..., "--ca", help="The CA that signed the server's certificate."),

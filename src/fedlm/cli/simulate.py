@@ -67,10 +67,11 @@ def print_result(summary: dict[str, Any], out: Path) -> None:
                 cells += [f"{row['choice_accuracy']:.3f} of {row['choice_questions']}", f"{row['choice_chance']:.3f}"]
             table.add_row(*cells)
     console.print(table)
-    counts = summary.get("training_data") or {}
-    if counts.get("truncated") or counts.get("dropped"):
-        console.print(f"training data: {counts['samples']} samples of the clients that trained; {counts['truncated']} cut "
-                      f"at data.seq_len, {counts['dropped']} dropped (data.overlong)")
+    for what, key in (("training data", "training_data"), ("evaluation data", "eval_data")):
+        counts = summary.get(key) or {}
+        if counts.get("truncated") or counts.get("dropped"):
+            console.print(f"{what}: {counts['truncated']} samples cut at data.seq_len, {counts['dropped']} dropped "
+                          "(data.overlong)")
     if "epsilon" in summary:
         console.print(f"user-level DP: epsilon = {summary['epsilon']:.3f} at delta = {summary['delta']:.3g}")
     if "stop_reason" in summary:

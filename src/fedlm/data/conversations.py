@@ -7,7 +7,7 @@ it names the file and line. Its repr shows counts only, never the text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROLES = ("system", "user", "assistant")
 
@@ -19,7 +19,7 @@ class ConversationError(ValueError):
 @dataclass(frozen=True)
 class Message:
     role: str
-    content: str
+    content: str = field(repr=False)  # client text: never in a repr, a log or an error
 
 
 @dataclass(frozen=True, repr=False)
@@ -36,7 +36,7 @@ class Conversation:
             if not isinstance(m, Message):
                 raise ConversationError(f"{where}: message {i} is a {type(m).__name__}, not a Message")
             if m.role not in ROLES:
-                raise ConversationError(f"{where}: message {i} has role {m.role!r}; roles are {', '.join(ROLES)}")
+                raise ConversationError(f"{where}: message {i} has an unknown role; roles are {', '.join(ROLES)}")
             if not isinstance(m.content, str):
                 raise ConversationError(f"{where}: message {i} ({m.role}) has {type(m.content).__name__} content, not text")
         if not any(m.role == "assistant" for m in messages):

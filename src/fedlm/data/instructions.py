@@ -73,7 +73,7 @@ def _message(item: object, label: str, where: str) -> Message:
         if not isinstance(item[key], str):
             raise ConversationError(f'{where}: {label} "{key}" is {_kind(item[key])}, not a string')
     if item["role"] not in ROLES:
-        raise ConversationError(f"{where}: {label} has role {item['role'][:20]!r}; roles are {', '.join(ROLES)}")
+        raise ConversationError(f"{where}: {label} has an unknown role; roles are {', '.join(ROLES)}")
     return Message(item["role"], item["content"])
 
 

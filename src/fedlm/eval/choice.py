@@ -8,6 +8,9 @@ more negative log-probability, also the option with the highest mean per token
 (`choice_accuracy_norm`). Chance is 1 / options per question, summed, so it adds up across
 clients like the counts do.
 
+The prompt is read once per question and its key/value cache shared by the options, which
+are then read together in one batch: the options of a question cost their own tokens only.
+
 A user's own questions come as JSONL, one object a line:
 `{"question": "...", "choices": ["...", "..."], "answer": 1}` (the answer as a 0-based index
 or a letter "A", "B", ...).
@@ -15,38 +18,38 @@ or a letter "A", "B", ...).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from fedlm.models.device import model_device
 
 
 @dataclass(frozen=True)
 class ChoiceQuestion:
-    """A tokenized question: the prompt, each option's tokens, and the right option's index."""
+    """A tokenized question: the prompt, each option's tokens, the right option's index, and whose data it came from."""
 
     prompt: tuple[int, ...]
     options: tuple[tuple[int, ...], ...]
     answer: int
+    owner: str = ""  # the client whose held-out sample it was built from; "" for a user's own questions
 
     def __post_init__(self) -> None:
         if len(self.options) < 2 or not 0 <= self.answer < len(self.options):
             raise ValueError(f"a question needs >= 2 options and an answer among them; got {len(self.options)}, {self.answer}")
-        if any(len(o) == 0 for o in self.options):
-            raise ValueError("an option has no tokens")
+        if not self.prompt or any(len(o) == 0 for o in self.options):
+            raise ValueError("a question's prompt and every option need at least one token")
 
 
 @dataclass(frozen=True)
 class ChoiceRecord:
-    """A question as read from JSONL, before tokenization."""
+    """A question as read from JSONL, before tokenization (its repr shows no text)."""
 
-    question: str
-    choices: tuple[str, ...]
+    question: str = field(repr=False)
+    choices: tuple[str, ...] = field(repr=False)
     answer: int
     source: str
 
@@ -61,30 +64,35 @@ class ChoiceScore:
     chance: float = 0.0  # sum over questions of 1 / options
 
 
-def fit_prompt(prompt: tuple[int, ...], option: tuple[int, ...], max_tokens: int) -> tuple[int, ...]:
-    """The prompt cut from the left so that prompt + option fit in `max_tokens` (the option is kept whole)."""
-    room = max(max_tokens - len(option), 1)
-    return prompt[-room:]
+def option_tokens(tokenizer: Any, texts: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """Each option's tokens, read as a continuation (no special tokens added)."""
+    return tuple(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
 
 @torch.no_grad()
 def option_log_likelihoods(model: torch.nn.Module, question: ChoiceQuestion, *, max_tokens: int) -> tuple[list[float], list[float]]:
-    """(sum, mean) log-probability of each option's tokens given the prompt, in one batch of right-padded rows."""
-    rows = [fit_prompt(question.prompt, option, max_tokens) + option for option in question.options]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-    logits = model(input_ids=ids.to(model_device(model))).logits.float()  # [options, width, vocab]
-    logprobs = F.log_softmax(logits[:, :-1], dim=-1).cpu()  # position t predicts token t + 1
-    sums, means = [], []
-    for i, (row, option) in enumerate(zip(rows, question.options, strict=True)):
-        start = len(row) - len(option)  # first option token's position
-        targets = torch.tensor(option)
-        picked = logprobs[i, start - 1 : len(row) - 1].gather(1, targets[:, None]).squeeze(1)
-        sums.append(float(picked.sum()))
-        means.append(float(picked.mean()))
-    return sums, means
+    """(sum, mean) log-probability of each option's tokens given the prompt.
+
+    The prompt (cut from the left so that it and the longest option fit in `max_tokens`) is
+    read once; its cache is repeated for the options, read in one right-padded batch.
+    """
+    device, count = model_device(model), len(question.options)
+    longest = max(len(o) for o in question.options)
+    prompt = question.prompt[-max(max_tokens - longest, 1):]
+    head = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+    cache = head.past_key_values
+    cache.batch_repeat_interleave(count)
+    options = torch.zeros((count, longest), dtype=torch.long, device=device)
+    for i, option in enumerate(question.options):
+        options[i, : len(option)] = torch.tensor(option, device=device)
+    tail = model(input_ids=options, past_key_values=cache, use_cache=True).logits  # [options, longest, vocab]
+    # option token 0 is predicted by the prompt's last position; token j > 0 by the option's position j - 1
+    logits = torch.cat([head.logits[:, -1:].expand(count, 1, -1), tail[:, :-1]], dim=1).float()
+    picked = logits.gather(2, options[:, :, None]).squeeze(2) - torch.logsumexp(logits, dim=2)  # [options, longest]
+    lengths = torch.tensor([len(o) for o in question.options], device=device)
+    mask = torch.arange(longest, device=device)[None, :] < lengths[:, None]
+    sums = (picked * mask).sum(1)
+    return sums.tolist(), (sums / lengths).tolist()
 
 
 def score_choices(model: torch.nn.Module, questions: Sequence[ChoiceQuestion], *, max_tokens: int) -> ChoiceScore:
@@ -109,13 +117,11 @@ def parse_answer(value: object, count: int, source: str) -> int:
         raise ValueError(f"{source}: \"answer\" as a string must be one letter (A, B, ...)")
     index = value if isinstance(value, int) else ord(value.strip().upper()) - ord("A")
     if not 0 <= index < count:
-        raise ValueError(f"{source}: \"answer\" {value!r} is not one of the {count} choices")
+        raise ValueError(f"{source}: \"answer\" is not one of the {count} choices")
     return index
 
 
-def parse_choice_record(record: object, source: str) -> ChoiceRecord:
-    if not isinstance(record, dict):
-        raise ValueError(f"{source}: expected a JSON object, got {type(record).__name__}")
+def parse_choice_record(record: dict, source: str) -> ChoiceRecord:
     question, choices = record.get("question"), record.get("choices")
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"{source}: expected a non-empty string \"question\"")
@@ -126,23 +132,12 @@ def parse_choice_record(record: object, source: str) -> ChoiceRecord:
 
 def read_choice_jsonl(path: Path) -> list[ChoiceRecord]:
     """Every question in a multiple-choice JSONL file; a bad line is refused with the file and line."""
+    from fedlm.data.folders import read_jsonl_objects
+
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ValueError(f"eval.multiple_choice: {path} does not exist") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        source = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{source}: not valid JSON ({err.msg})") from None
-        records.append(parse_choice_record(record, source))
+    if not path.is_file():
+        raise ValueError(f"eval.multiple_choice: {path} is not a file")
+    records = [parse_choice_record(record, f"{path}, line {number}") for number, record in read_jsonl_objects(path)]
     if not records:
         raise ValueError(f"{path}: holds no questions")
     return records

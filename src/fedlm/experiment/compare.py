@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fedlm.config import CompressionSettings, PrivacySettings, RunConfig, StrategySettings, apply_overrides
+from fedlm.config import CompressionSettings, PrivacySettings, RunConfig, SecAggSettings, StrategySettings, apply_overrides
 from fedlm.core.rng import make_rng
 from fedlm.eval.slices import own_test_blocks
 from fedlm.experiment.methods import Bench, Log, MethodResult, run_base, run_centralized, run_federated, run_local_only
@@ -29,8 +29,9 @@ from fedlm.sim.setup import Simulation, prepare
 
 
 def plain_config(config: RunConfig) -> RunConfig:
-    """The run's model, LoRA, data, client and eval settings with plain FedAvg's server side."""
-    return dataclasses.replace(config, strategy=StrategySettings(), privacy=PrivacySettings(), compression=CompressionSettings())
+    """The run's model, LoRA, data, client and eval settings with plain FedAvg's server side (no DP, compression, SecAgg)."""
+    return dataclasses.replace(config, strategy=StrategySettings(), privacy=PrivacySettings(), compression=CompressionSettings(),
+                               secagg=SecAggSettings())
 
 
 def fedavg_config(config: RunConfig, settings: ExperimentSettings) -> RunConfig:

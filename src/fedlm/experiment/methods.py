@@ -118,20 +118,20 @@ def run_centralized(bench: Bench) -> MethodResult:
 def run_local_only(bench: Bench) -> MethodResult:
     """Each training client alone on its own text with an equal share of the budget.
 
-    Its own lines are scored with its own adapter. The held-out speakers' sequences (and the
-    multiple-choice questions of both slices) are dealt round-robin to the clients' adapters,
-    so those figures are a local model's picked at random, at the cost of one evaluation.
+    Its own lines, and the multiple-choice questions built from them, are scored with its own
+    adapter. The held-out speakers' sequences and questions are dealt round-robin to the
+    clients' adapters, so that figure is a local model's picked at random, at the cost of one
+    evaluation of the slice.
     """
     started, sim, budget = time.perf_counter(), bench.sim, bench.budget
     adapter = sim.adapter
     settings = dataclasses.replace(sim.config.client, local_steps=budget.local_steps, batch_size=budget.local_batch_size)
     held_out_parts = bench.held_out.split_round_robin(len(bench.clients))
-    parts = len(bench.clients)
-    own_question_parts = [bench.own_questions[i::parts] for i in range(parts)]  # dealt like the held-out slice
+    own_questions = own_questions_by_client(bench)
     buffer = np.empty_like(adapter.initial_shared)
     totals = {name: EvalResult() for name in SLICES}
     sequences = 0
-    for client, held_out, own_questions in zip(bench.clients, held_out_parts, own_question_parts, strict=True):
+    for client, held_out in zip(bench.clients, held_out_parts, strict=True):
         update = run_task(
             adapter, Task(round=1, version=0, client_id=client), global_vector=adapter.initial_shared,
             private_vector=adapter.initial_private.copy(), train_blocks=sim.train_blocks(client),
@@ -141,9 +141,18 @@ def run_local_only(bench: Bench) -> MethodResult:
         adapter.write_shared(adapter.initial_shared + update.vector)  # the client's trained adapter
         totals["held_out"] = totals["held_out"] + bench.evaluate(held_out)
         own_blocks = bench.own.get(client, empty_blocks(bench.seq_len))
-        totals["own"] = totals["own"] + bench.evaluate(EvalSet(own_blocks, own_questions))
+        totals["own"] = totals["own"] + bench.evaluate(EvalSet(own_blocks, own_questions[client]))
     extra = {"clients": len(bench.clients), "steps_per_client": budget.local_steps, "batch_size": settings.batch_size}
     return MethodResult("local_only", totals, sequences, time.perf_counter() - started, extra=extra)
+
+
+def own_questions_by_client(bench: Bench) -> dict[str, tuple]:
+    """Each training client's own-slice questions: those built from its samples, plus a round-robin share of
+    the questions that belong to no client (a user's own multiple-choice file)."""
+    parts = len(bench.clients)
+    unowned = [q for q in bench.own_questions if not q.owner]
+    return {c: tuple(q for q in bench.own_questions if q.owner == c) + tuple(unowned[i::parts])
+            for i, c in enumerate(bench.clients)}
 
 
 class RoundLog(SilentReporter):

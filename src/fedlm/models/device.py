@@ -13,7 +13,9 @@ import importlib.util
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from fedlm.model_settings import DTYPES, is_device_name
+
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 
 
 class DeviceError(ValueError):
@@ -22,6 +24,8 @@ class DeviceError(ValueError):
 
 def resolve_device(name: str) -> torch.device:
     """`model.device` as a torch device: "auto" picks cuda, else mps, else cpu; an absent device is refused."""
+    if not is_device_name(name):
+        raise DeviceError(f"model.device: unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -36,13 +40,9 @@ def resolve_device(name: str) -> torch.device:
         if index and int(index) >= torch.cuda.device_count():
             raise DeviceError(f"model.device = {name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
         return torch.device(name)
-    if kind == "mps":
-        if not is_mps_available():
-            raise DeviceError("model.device = 'mps', but torch sees no Apple GPU (MPS) on this machine; use 'cpu' or 'auto'")
-        return torch.device("mps")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise DeviceError(f"model.device: unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if kind == "mps" and not is_mps_available():
+        raise DeviceError("model.device = 'mps', but torch sees no Apple GPU (MPS) on this machine; use 'cpu' or 'auto'")
+    return torch.device(name)
 
 
 def is_mps_available() -> bool:
@@ -52,9 +52,9 @@ def is_mps_available() -> bool:
 
 def resolve_dtype(name: str) -> torch.dtype:
     try:
-        return DTYPES[name]
+        return TORCH_DTYPES[name]
     except KeyError:
-        raise DeviceError(f"model.dtype: unknown dtype {name!r}; use one of {tuple(DTYPES)}") from None
+        raise DeviceError(f"model.dtype: unknown dtype {name!r}; use one of {DTYPES}") from None
 
 
 def check_4bit(device: torch.device) -> None:

@@ -70,8 +70,8 @@ def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapte
     if base.quantized:  # QLoRA: norms in float32, inputs that carry gradients through the frozen 4-bit layers
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model.is_gradient_checkpointing)
-    with torch.random.fork_rng(devices=[]):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=is_checkpointing(model))
+    with torch.random.fork_rng():
         torch.manual_seed(derive_seed(seed, "lora-init"))
         try:
             model = get_peft_model(model, config)
@@ -96,6 +96,11 @@ def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapte
     adapter.initial_shared = adapter.read_shared(np.empty(adapter.shared_spec.size, np.float32))
     adapter.initial_private = adapter.read_private(np.empty(adapter.private_spec.size, np.float32))
     return adapter
+
+
+def is_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether the model recomputes activations in the backward pass (transformers renamed the flag in v5)."""
+    return bool(getattr(model, "is_activation_checkpointing", False) or getattr(model, "gradient_checkpointing", False))
 
 
 def freeze_lora_a(model: torch.nn.Module) -> None:

@@ -8,6 +8,7 @@ simulation does. The data is read before the model loads: a bad file fails at on
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from fedlm.config import RunConfig, config_from_dict
 from fedlm.core.types import Task
 from fedlm.data.blocks import Blocks
 from fedlm.updates.client import Encoder, make_encoder
+
+log = logging.getLogger("fedlm.join")
 
 
 @dataclass
@@ -49,6 +52,8 @@ class LocalTrainer:
         if len(encoded.blocks) == 0:
             raise ValueError(f"the data at {data} yields no training sequence of {run.data.seq_len} tokens "
                              f"({encoded.samples} samples, {encoded.dropped} dropped as longer than data.seq_len)")
+        log.info("client %s: %d samples in %d training sequences; %d cut at data.seq_len = %d, %d dropped (data.overlong)",
+                 client_id, encoded.samples, len(encoded.blocks), encoded.truncated, run.data.seq_len, encoded.dropped)
         residual = np.zeros(adapter.shared_spec.size, np.float32) if run.compression.sparsify == "top_k" else None
         encode = make_encoder(parts.pipeline, seed=run.run.seed)
         return cls(run, client_id, parts, encoded.blocks, encode, adapter.initial_private.copy(), residual)

@@ -61,12 +61,11 @@ def version_vector(store: db.Store, blobs: BlobStore, version: int) -> np.ndarra
 
 def export_version(store: db.Store, blobs: BlobStore, run: RunConfig, version: int, directory: Path) -> Path:
     """Write `version` as a PEFT adapter dir (adapter_config.json + adapter_model.safetensors)."""
-    from fedlm.models.base import load_configured_model
+    from fedlm.assembly import assemble_model
     from fedlm.models.lora import export_adapter
-    from fedlm.work import make_work
 
     vector = version_vector(store, blobs, version)
-    adapter = make_work(run).attach(load_configured_model(run.model))
+    _, _, adapter = assemble_model(run)
     if vector.size != adapter.shared_spec.size:
         raise ValueError(f"version {version} holds {vector.size} values; the run config's adapter has {adapter.shared_spec.size}")
     return export_adapter(adapter, vector, Path(directory))
@@ -77,10 +76,13 @@ def make_evaluator(parts: Any, eval_data: Path, *, max_sequences: int) -> Evalua
 
     `parts` is the run's assembly (fedlm.assembly.Assembly); every sample of the folder counts.
     """
+    from fedlm.work import EvalSet
+
     work, adapter = parts.work, parts.adapter
     dataset = work.load_folder(eval_data, test_fraction=0.5, seed=parts.config.run.seed)
     samples = {c.client_id: list(c.train) + list(c.test) for c in dataset.clients}
-    eval_set = work.make_eval_set(parts.base.tokenizer, samples, max_sequences=max_sequences)
+    blocks = work.make_eval_set(parts.base.tokenizer, samples, max_sequences=max_sequences).blocks
+    eval_set = EvalSet(blocks)  # the canary gate reads the loss only: no multiple-choice questions to score
 
     def held_out_loss(vector: np.ndarray) -> float:
         adapter.write_shared(vector)

@@ -9,7 +9,6 @@ summary.json says how the run ended.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from fedlm.sim.rundir import (
     make_run_dir,
     read_metrics,
     run_fingerprint,
+    run_identity,
     truncate_metrics,
     write_config,
     write_summary,
@@ -54,7 +54,8 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         "adapter_dir": ADAPTER_DIR,
         "pipeline": sim.pipeline.describe(),
         "task": sim.config.task.kind,
-        "training_data": dict(sim.data_counts),  # the trained clients' samples: tokenized, cut at seq_len, dropped
+        "training_data": dict(sim.data_counts),  # every training client's samples: tokenized, cut at seq_len, dropped
+        "eval_data": sim.eval_set.counts(),  # the evaluation clients' test samples, and the questions asked
     }
     summary.update(privacy_fields(sim, state))
     if result is not None:
@@ -66,11 +67,10 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
 
 
 def check_resume_config(saved: RunConfig, config: RunConfig) -> None:
-    """A resumed run may only run longer: any other change would break the ledger or the optimizer state."""
-    how_run = {"federation": replace(config.federation, rounds=saved.federation.rounds), "simulation": saved.simulation}
-    if replace(config, **how_run) != saved:
-        raise ValueError("--resume may change federation.rounds and [simulation] only; every other setting must match "
-                         "the run's config.toml")
+    """A resumed run may only run longer, or execute differently: any other change would break the ledger or the optimizer state."""
+    if run_identity(config) != run_identity(saved):
+        raise ValueError("--resume may change federation.rounds and how the run executes ([simulation], model.device, "
+                         "model.threads, model.gradient_checkpointing); every other setting must match the run's config.toml")
 
 
 def check_checkpoint_owner(out: Path, config: RunConfig) -> None:

@@ -51,10 +51,16 @@ def make_run_dir(path: Path, *, overwrite: bool = False) -> Path:
     return path
 
 
+def run_identity(config: RunConfig) -> RunConfig:
+    """The settings a resumed run must keep: all but federation.rounds and how it executes on this machine
+    ([simulation], model.device, model.threads, model.gradient_checkpointing), which are reset here."""
+    model = replace(config.model, device="auto", threads=0, gradient_checkpointing=False)
+    return replace(config, federation=replace(config.federation, rounds=1), simulation=SimulationSettings(), model=model)
+
+
 def run_fingerprint(config: RunConfig) -> str:
-    """A hash of every setting a resumed run must keep (all but federation.rounds and [simulation])."""
-    kept = replace(config, federation=replace(config.federation, rounds=1), simulation=SimulationSettings())
-    return hashlib.sha256(dump_config(kept).encode()).hexdigest()[:16]
+    """A hash of the run's identity (`run_identity`), kept in its checkpoint."""
+    return hashlib.sha256(dump_config(run_identity(config)).encode()).hexdigest()[:16]
 
 
 def write_config(path: Path, config: RunConfig) -> None:

@@ -6,8 +6,9 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from fedlm.assembly import Assembly, assemble, check_update_path
+from fedlm.assembly import Assembly, assemble
 from fedlm.config import RunConfig
 from fedlm.core.rng import make_rng
 from fedlm.data.blocks import Blocks
@@ -37,24 +38,29 @@ class Simulation:
     data_counts: dict[str, int] = field(default_factory=dict)  # samples, sequences, truncated, dropped (clients tokenized so far)
 
     def train_blocks(self, client_id: str) -> Blocks:
-        """A client's training samples, tokenized by the client work on first use."""
+        """A client's training samples, tokenized by the client work on first use (see `encode_population`).
+
+        A client left with no sequence is refused before anything is counted or cached.
+        """
         if client_id not in self.train_cache:
             encoded = self.work.encode(self.base.tokenizer, self.dataset.get(client_id).train)
-            for key, value in encoded.counts().items():
-                self.data_counts[key] = self.data_counts.get(key, 0) + value
-            if encoded.truncated or encoded.dropped:  # totals reach summary.json and the command's last lines
-                log.debug("client %s: %d of %d samples cut at data.seq_len, %d dropped", client_id, encoded.truncated,
-                          encoded.samples, encoded.dropped)
             if len(encoded.blocks) == 0:
                 raise ValueError(f"client {client_id!r} has no training sequence left: its {encoded.samples} samples were "
                                  f"all longer than data.seq_len = {self.config.data.seq_len} and data.overlong = 'drop' "
                                  "left them out; raise data.seq_len or use data.overlong = 'truncate'")
+            for key, value in encoded.counts().items():
+                self.data_counts[key] = self.data_counts.get(key, 0) + value
             self.train_cache[client_id] = encoded.blocks
         return self.train_cache[client_id]
 
-    @property
-    def eval_blocks(self) -> Blocks:
-        return self.eval_set.blocks
+    def encode_population(self) -> None:
+        """Tokenize every training client now, so bad data stops the run before round 1 and the counts are whole."""
+        for client_id in self.population:
+            self.train_blocks(client_id)
+        counts = self.data_counts
+        if counts.get("truncated") or counts.get("dropped"):
+            log.info("training data: %d samples of %d clients; %d cut at data.seq_len = %d, %d dropped (data.overlong)",
+                     counts["samples"], len(self.population), counts["truncated"], self.config.data.seq_len, counts["dropped"])
 
     def evaluate(self):
         """The adapter as it stands, on the evaluation set (fedlm.eval.metrics.EvalResult)."""
@@ -87,36 +93,24 @@ def build_eval_set(work: ClientWork, tokenizer, dataset: FederatedDataset, clien
     return work.make_eval_set(tokenizer, {c: dataset.get(c).test for c in clients}, max_sequences=config.eval.max_sequences)
 
 
-def check_krum_cohort(config: RunConfig, population: int) -> None:
-    """Krum needs a cohort of at least 2f + 3, known before any client trains."""
-    strategy = config.strategy
-    if strategy.aggregator not in ("krum", "multi_krum"):
-        return
-    if config.federation.sampling != "fixed":
-        raise ValueError(f"strategy.aggregator = {strategy.aggregator!r} needs federation.sampling = 'fixed': "
-                         "a Poisson cohort can be smaller than Krum's 2f + 3")
-    cohort, f = min(config.federation.clients_per_round, population), strategy.num_byzantine
-    if cohort < 2 * f + 3:
-        raise ValueError(f"strategy.num_byzantine = {f} needs a cohort of at least {2 * f + 3}; "
-                         f"federation.clients_per_round gives {cohort}")
-    if strategy.krum_selected > cohort - f:
-        raise ValueError(f"strategy.krum_selected = {strategy.krum_selected} exceeds cohort - f = {cohort - f}")
-
-
-def prepare(config: RunConfig) -> Simulation:
+def prepare(config: RunConfig, *, encode_all: bool = True) -> Simulation:
     """Load the data and the run's assembly (model, adapter at global version 0, pipeline).
 
     The data and the update pipeline are checked before the model loads, so a data set or a
-    combination that cannot work fails in a second, not after the load.
+    combination that cannot work fails in a second, not after the load. With `encode_all`
+    every training client is tokenized before round 1 (a worker process leaves it to the
+    clients it is given).
     """
     work = make_work(config)
     dataset = work.load_federation()
     population, eval_clients = split_population(dataset, config)
-    check_update_path(config, len(population))
-    check_krum_cohort(config, len(population))
     parts: Assembly = assemble(config, population=len(population), work=work)
     eval_set = build_eval_set(work, parts.base.tokenizer, dataset, eval_clients, config)
     adapter = parts.adapter
-    full_model_bytes = 4 * sum(p.numel() for n, p in adapter.model.named_parameters() if "lora_" not in n)
-    return Simulation(config, work, parts.base, adapter, dataset, population, eval_clients, eval_set, parts.pipeline,
-                      full_model_bytes)
+    full_model_bytes = 4 * sum(p.numel() * (2 if p.dtype == torch.uint8 else 1)  # 4-bit weights: two to a byte
+                               for n, p in adapter.model.named_parameters() if "lora_" not in n)
+    sim = Simulation(config, work, parts.base, adapter, dataset, population, eval_clients, eval_set, parts.pipeline,
+                     full_model_bytes)
+    if encode_all:
+        sim.encode_population()
+    return sim

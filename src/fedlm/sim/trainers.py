@@ -57,7 +57,7 @@ class LoraTrainerFactory:
         config = self.config
         if threads and not config.model.threads:
             config = replace(config, model=replace(config.model, threads=threads))
-        return make_lora_trainer(prepare(config))
+        return make_lora_trainer(prepare(config, encode_all=False))  # the main process checked and counted every client
 
 
 def make_sim_executor(sim: Simulation, reporter: Reporter) -> Executor:

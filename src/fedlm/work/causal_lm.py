@@ -19,7 +19,7 @@ import torch
 from fedlm.config import RunConfig
 from fedlm.data.blocks import Blocks, concat_blocks, pack_texts
 from fedlm.data.types import FederatedDataset, Sample
-from fedlm.eval.choice import ChoiceQuestion, ChoiceRecord, read_choice_jsonl
+from fedlm.eval.choice import ChoiceQuestion, ChoiceRecord, option_tokens, read_choice_jsonl
 from fedlm.eval.metrics import EvalResult
 from fedlm.work.protocol import Encoded, EvalSet
 from fedlm.work.language_model import attach_adapter, batch_loss, evaluate_set
@@ -39,12 +39,11 @@ class CausalLmWork:
     config: RunConfig
 
     def load_federation(self) -> FederatedDataset:
-        from fedlm.data.folders import load_folder
         from fedlm.data.shakespeare import load_shakespeare
 
         data, seed = self.config.data, self.config.run.seed
         if data.source == "folder":
-            return load_folder(Path(data.path), test_fraction=data.test_fraction, seed=seed)
+            return self.load_folder(Path(data.path), test_fraction=data.test_fraction, seed=seed)
         return load_shakespeare(min_lines=data.min_lines, test_fraction=data.test_fraction, seed=seed)
 
     def load_folder(self, path: Path, *, test_fraction: float, seed: int) -> FederatedDataset:
@@ -90,5 +89,4 @@ class CausalLmWork:
 def text_question(tokenizer: Any, record: ChoiceRecord) -> ChoiceQuestion:
     """A question as plain text: its text and a new line, each option after it."""
     prompt = tokenizer(record.question + "\n", add_special_tokens=False)["input_ids"]
-    options = tuple(tuple(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in record.choices)
-    return ChoiceQuestion(tuple(prompt), options, record.answer)
+    return ChoiceQuestion(tuple(prompt), option_tokens(tokenizer, record.choices), record.answer)

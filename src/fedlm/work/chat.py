@@ -50,21 +50,28 @@ def template_of(tokenizer) -> str:
     return tokenizer.chat_template or FALLBACK_TEMPLATE
 
 
-def render(tokenizer, messages: list[dict[str, str]], *, generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, chat_template=template_of(tokenizer), tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+def render(tokenizer, messages: list[dict[str, str]], source: str, *, generation_prompt: bool = False) -> str:
+    """The chat template's text; a template that refuses the conversation (say, roles that must alternate)
+    raises TemplateError naming `source`, not the template engine's own exception."""
+    from jinja2 import TemplateError as JinjaError
+
+    try:
+        return tokenizer.apply_chat_template(messages, chat_template=template_of(tokenizer), tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    except JinjaError as err:
+        raise TemplateError(f"{source or 'conversation'}: the model's chat template refuses it: {err}") from None
 
 
 def assistant_spans(tokenizer, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans [start, end) of every assistant turn in it."""
-    messages = conversation.as_dicts()
-    text = render(tokenizer, messages)
+    messages, source = conversation.as_dicts(), conversation.source
+    text = render(tokenizer, messages, source)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render(tokenizer, messages[:i], generation_prompt=True)
-        through = render(tokenizer, messages[: i + 1]).rstrip()
+        before = render(tokenizer, messages[:i], source, generation_prompt=True)
+        through = render(tokenizer, messages[: i + 1], source).rstrip()
         if not (through.startswith(before) and text.startswith(through)):
             raise TemplateError(f"{conversation.source or 'conversation'}: the chat template does not render a conversation "
                                 "as a prefix of its continuation, so the assistant's tokens cannot be found")
@@ -84,6 +91,6 @@ def label_conversation(tokenizer, conversation: Conversation) -> LabelledSequenc
     return LabelledSequence(list(ids), labels)
 
 
-def prompt_tokens(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+def prompt_tokens(tokenizer, messages: list[dict[str, str]], source: str = "") -> list[int]:
     """The tokens a model reads before answering `messages` (the generation prompt included)."""
-    return tokenizer(render(tokenizer, messages, generation_prompt=True), add_special_tokens=False)["input_ids"]
+    return tokenizer(render(tokenizer, messages, source, generation_prompt=True), add_special_tokens=False)["input_ids"]

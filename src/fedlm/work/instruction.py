@@ -28,7 +28,7 @@ from fedlm.core.rng import make_rng
 from fedlm.data.blocks import Blocks, concat_blocks, pad_sequences, trim_batch
 from fedlm.data.conversations import Conversation
 from fedlm.data.types import FederatedDataset, Sample
-from fedlm.eval.choice import ChoiceQuestion, read_choice_jsonl
+from fedlm.eval.choice import ChoiceQuestion, option_tokens, read_choice_jsonl
 from fedlm.eval.metrics import EvalResult
 from fedlm.work.chat import LabelledSequence, label_conversation, prompt_tokens
 from fedlm.work.language_model import attach_adapter, batch_loss, evaluate_set
@@ -107,8 +107,9 @@ class InstructionWork:
 
     def make_eval_set(self, tokenizer: Any, samples: Mapping[str, Sequence[Sample]], *, max_sequences: int) -> EvalSet:
         seq_len = self.config.data.seq_len
-        blocks = concat_blocks([self.encode(tokenizer, samples[c]).blocks for c in samples], seq_len).head(max_sequences)
-        return EvalSet(blocks, self.questions(tokenizer, samples))
+        encoded = [self.encode(tokenizer, samples[c]) for c in samples]
+        blocks = concat_blocks([e.blocks for e in encoded], seq_len).head(max_sequences)
+        return EvalSet(blocks, self.questions(tokenizer, samples), sum(e.truncated for e in encoded), sum(e.dropped for e in encoded))
 
     def questions(self, tokenizer: Any, samples: Mapping[str, Sequence[Sample]]) -> tuple[ChoiceQuestion, ...]:
         source, cap = self.config.eval.multiple_choice, self.config.eval.choice_questions
@@ -116,11 +117,11 @@ class InstructionWork:
             return ()
         if source != "auto":
             return tuple(
-                ChoiceQuestion(tuple(prompt_tokens(tokenizer, [{"role": "user", "content": r.question}])),
-                               tuple(tuple(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in r.choices), r.answer)
+                ChoiceQuestion(tuple(prompt_tokens(tokenizer, [{"role": "user", "content": r.question}], r.source)),
+                               option_tokens(tokenizer, r.choices), r.answer)
                 for r in read_choice_jsonl(Path(source))[:cap]
             )
-        pool = [last_reply(c) for client in samples for c in check_conversations(samples[client])]
+        pool = [(client, *last_reply(c)) for client in samples for c in check_conversations(samples[client])]
         return next_reply_questions(tokenizer, pool, options=self.config.eval.choice_options, cap=cap, seed=self.config.run.seed)
 
     def loss(self, model: torch.nn.Module, batch: Blocks) -> torch.Tensor:
@@ -134,25 +135,34 @@ class InstructionWork:
 
 
 def next_reply_questions(
-    tokenizer: Any, pool: list[tuple[list[dict[str, str]], str]], *, options: int, cap: int, seed: int,
+    tokenizer: Any, pool: list[tuple[str, list[dict[str, str]], str]], *, options: int, cap: int, seed: int,
 ) -> tuple[ChoiceQuestion, ...]:
     """Which of `options` replies follows the prompt: the true one among replies to other prompts of the pool.
 
-    Up to `cap` prompts, a seeded sample of the pool; distractors are distinct replies drawn
-    from the rest of the pool; the true reply's position is drawn too. Empty when the pool
-    has fewer than `options` distinct replies.
+    `pool` holds (client, messages before the reply, reply). Up to `cap` prompts, taken in a
+    seeded order of the pool, each question owned by its prompt's client; distractors are distinct replies drawn
+    from the rest of the pool; the true reply's position is drawn too. Every option is cut to
+    the length of the question's shortest one, in tokens: a longer reply collects more negative
+    log-probability, so uncut options would reward the shortest rather than the one that
+    follows. Empty when the pool has fewer than `options` distinct replies.
     """
-    replies = sorted({reply for _, reply in pool})
+    replies = sorted({reply for _, _, reply in pool})
     if len(replies) < options:
         return ()
     rng = make_rng(seed, "choice-questions")
-    questions = []
-    for index in rng.permutation(len(pool))[:cap]:
-        messages, reply = pool[index]
+    questions: list[ChoiceQuestion] = []
+    for index in rng.permutation(len(pool)):
+        if len(questions) == cap:
+            break
+        client, messages, reply = pool[index]
         others = [r for r in replies if r != reply]
         picked = [others[i] for i in rng.choice(len(others), size=options - 1, replace=False)]
         answer = int(rng.integers(options))
         picked.insert(answer, reply)
-        encoded = tuple(tuple(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in picked)
-        questions.append(ChoiceQuestion(tuple(prompt_tokens(tokenizer, messages)), encoded, answer))
+        encoded = option_tokens(tokenizer, picked)
+        length = min(len(e) for e in encoded)
+        options_cut = tuple(tuple(e[:length]) for e in encoded)
+        if len(set(options_cut)) < options:  # cut to the same length, two options read alike: no fair question
+            continue
+        questions.append(ChoiceQuestion(tuple(prompt_tokens(tokenizer, messages)), options_cut, answer, client))
     return tuple(questions)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from fedlm.config import RunConfig
-from fedlm.data.blocks import Blocks, concat_blocks
+from fedlm.data.blocks import Blocks
 from fedlm.data.types import FederatedDataset, Sample
 from fedlm.eval.choice import ChoiceQuestion
 from fedlm.eval.metrics import EvalResult
@@ -46,15 +46,17 @@ class EvalSet:
 
     blocks: Blocks
     questions: tuple[ChoiceQuestion, ...] = ()
+    truncated: int = 0  # held-out samples cut at data.seq_len
+    dropped: int = 0  # held-out samples left out (data.overlong = "drop")
+
+    def counts(self) -> dict[str, int]:
+        return {"sequences": len(self.blocks), "questions": len(self.questions), "truncated": self.truncated,
+                "dropped": self.dropped}
 
     def split_round_robin(self, parts: int) -> list[EvalSet]:
         """Dealt into `parts` sets like cards: block i and question i go to set i mod parts."""
         blocks = split_round_robin(self.blocks, parts)
         return [EvalSet(b, self.questions[i::parts]) for i, b in enumerate(blocks)]
-
-
-def join_eval_sets(sets: Sequence[EvalSet], seq_len: int) -> EvalSet:
-    return EvalSet(concat_blocks([s.blocks for s in sets], seq_len), tuple(q for s in sets for q in s.questions))
 
 
 class ClientWork(Protocol):
