@@ -207,7 +207,7 @@ class EvalSettings:
     max_sequences: int = 48  # cap on evaluation sequences (all clients together)
     batch_size: int = 8
     multiple_choice: str = "auto"  # "auto" (the task kind's own: instruction asks which reply follows a cue), "off", or a JSONL path
-    choice_questions: int = 24  # cap on multiple-choice questions (all evaluation clients together)
+    choice_questions: int = 64  # cap on multiple-choice questions (all evaluation clients together)
     choice_options: int = 4  # options per built-in question (the true one and seeded distractors)
 
     def __post_init__(self) -> None:

@@ -30,8 +30,8 @@ class Bigram(torch.nn.Module):
         super().__init__()
         self.table = torch.nn.Parameter(table)
 
-    def forward(self, input_ids, past_key_values=None, use_cache=False):
-        return type("Out", (), {"logits": self.table[input_ids], "past_key_values": NoCache()})()
+    def forward(self, input_ids, cache=None, use_cache=False):
+        return type("Out", (), {"logits": self.table[input_ids], "cache": NoCache()})()
 
 
 def log_p(table: torch.Tensor, prev: int, nxt: int) -> float:

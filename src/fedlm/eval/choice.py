@@ -80,12 +80,12 @@ def option_log_likelihoods(model: torch.nn.Module, question: ChoiceQuestion, *, 
     longest = max(len(o) for o in question.options)
     prompt = question.prompt[-max(max_tokens - longest, 1):]
     head = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
-    cache = head.past_key_values
+    cache = head.cache  # transformers >= 5.24 names the key/value cache `cache` (formerly past_key_values)
     cache.batch_repeat_interleave(count)
     options = torch.zeros((count, longest), dtype=torch.long, device=device)
     for i, option in enumerate(question.options):
         options[i, : len(option)] = torch.tensor(option, device=device)
-    tail = model(input_ids=options, past_key_values=cache, use_cache=True).logits  # [options, longest, vocab]
+    tail = model(input_ids=options, cache=cache, use_cache=True).logits  # [options, longest, vocab]
     # option token 0 is predicted by the prompt's last position; token j > 0 by the option's position j - 1
     logits = torch.cat([head.logits[:, -1:].expand(count, 1, -1), tail[:, :-1]], dim=1).float()
     picked = logits.gather(2, options[:, :, None]).squeeze(2) - torch.logsumexp(logits, dim=2)  # [options, longest]
