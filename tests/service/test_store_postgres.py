@@ -6,37 +6,12 @@ and makes a fresh database for the test; skips, saying why, when no server answe
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import numpy as np
-import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from fedlm.service import store as db
 from fedlm.updates import wire
 
 from conftest import INITIAL, build_service
-
-URL = os.environ.get("FEDLM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture
-def postgres_url():
-    admin = create_engine(URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            name = f"fedlm_test_{uuid.uuid4().hex[:12]}"
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as err:  # no server, no role, no permission: all mean "cannot test here"
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL at {make_url(URL).render_as_string(hide_password=True)} ({type(err).__name__}); "
-                    "set FEDLM_TEST_POSTGRES_URL to one that allows CREATE DATABASE")
-    yield make_url(URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_round_refusal_and_restart_on_postgres(tmp_path, postgres_url):

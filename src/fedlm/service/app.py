@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedlm.config import config_to_dict
 from fedlm.server.rounds import MAX_SAMPLES
-from fedlm.service.blobs import TooLarge
+from fedlm.service.blobs import CorruptBlob, TooLarge
 from fedlm.service.certs import ClientVerifier
 from fedlm.service.coordinator import Coordinator, log_refusal
 from fedlm.service.errors import Refused
@@ -137,8 +137,13 @@ def create_app(coordinator: Coordinator, verifier: ClientVerifier, *, max_upload
              responses={200: {"content": {"application/octet-stream": {}}}})
     def global_model(client: Client, version: Annotated[int, Path(ge=0, le=MAX_ROUND)]) -> FileResponse:
         sha = coordinator.global_sha(version)
-        return FileResponse(coordinator.blobs.path(sha), media_type="application/octet-stream",
-                            headers={"X-Content-SHA256": sha})
+        try:
+            path = coordinator.blobs.verified_path(sha)  # never serve bytes that are not the version's
+        except CorruptBlob as err:
+            log.error("global version %d cannot be served: %s", version, err, extra={"sha256": sha})
+            raise Refused(500, "corrupt_blob", f"global version {version} is damaged on the server's disk; "
+                          "the operator has been told in the log") from None
+        return FileResponse(path, media_type="application/octet-stream", headers={"X-Content-SHA256": sha})
 
     @app.post("/v1/rounds/{round}/updates", openapi_extra=UPLOAD_BODY)
     async def upload(

@@ -3,7 +3,9 @@
 An upload streams to a staging file while it is hashed and counted, so no body is ever
 held whole in memory and one past the size limit is cut off as soon as it passes it.
 A staged file becomes a blob by an atomic rename after fsync: a crash leaves either no
-blob or a whole one, never a torn one. Only ids, sizes and hashes are logged, never bytes.
+blob or a whole one, never a torn one. Every read checks the bytes against the name, so a
+blob changed, truncated or lost on disk is never used as if it were whole (CorruptBlob names
+the file). Only ids, sizes and hashes are logged, never bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ class TooLarge(ValueError):
     """The body went past the size limit; the staged part was deleted."""
 
 
+class CorruptBlob(ValueError):
+    """A blob on disk is missing or no longer hashes to its name."""
+
+
 @dataclass(frozen=True)
 class Staged:
     path: Path
@@ -34,7 +40,10 @@ class BlobStore:
         self.root = Path(root)
         self.staging = self.root / "staging"
         self.staging.mkdir(parents=True, exist_ok=True)
-        for leftover in self.staging.iterdir():  # a crash mid-upload leaves these; nothing refers to them
+
+    def clear_staging(self) -> None:
+        """Remove what a crash mid-upload left in staging; only the coordinator that holds the data dir's lock may."""
+        for leftover in self.staging.iterdir():
             leftover.unlink(missing_ok=True)
 
     def path(self, sha256: str) -> Path:
@@ -46,7 +55,28 @@ class BlobStore:
         return self.path(sha256).is_file()
 
     def read(self, sha256: str) -> bytes:
-        return self.path(sha256).read_bytes()
+        """The blob's bytes, checked against its name."""
+        path = self.path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptBlob(f"blob {path} is missing") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise CorruptBlob(f"blob {path} ({len(data)} bytes) does not hash to its name: it was changed or damaged on disk")
+        return data
+
+    def verified_path(self, sha256: str) -> Path:
+        """The blob's path, once its bytes (read in chunks) hash to its name."""
+        path, digest = self.path(sha256), hashlib.sha256()
+        try:
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(CHUNK), b""):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            raise CorruptBlob(f"blob {path} is missing") from None
+        if digest.hexdigest() != sha256:
+            raise CorruptBlob(f"blob {path} does not hash to its name: it was changed or damaged on disk")
+        return path
 
     async def receive(self, chunks: AsyncIterator[bytes], *, limit: int) -> Staged:
         """Stream `chunks` into a staging file; raise TooLarge as soon as more than `limit` bytes came."""

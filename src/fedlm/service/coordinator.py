@@ -31,6 +31,7 @@ from fedlm.server.rounds import (
 from fedlm.service import store as db
 from fedlm.service.blobs import BlobStore, Staged
 from fedlm.service.errors import Refused
+from fedlm.service.blobs import CorruptBlob
 from fedlm.service.payloads import MalformedUpdate, decode_state, encode_state, read_masked, read_update
 from fedlm.service.privacy_budget import budget_stop, privacy_fields
 from fedlm.service.registry import Evaluator, should_promote
@@ -107,7 +108,11 @@ class Coordinator(SecureStages):
                 detail = f"SecAgg log replayed to stage {row.stage}, {len(self.secure.masked)} masked inputs"
             else:
                 for update in db.accepted_updates(session, row.round):
-                    vector = read_update(self.blobs.path(update.sha256), size=state.global_vector.size)
+                    try:
+                        vector = read_update(self.blobs.verified_path(update.sha256), size=state.global_vector.size)
+                    except (CorruptBlob, MalformedUpdate) as err:
+                        self._lose_update(session, update, err)
+                        continue
                     accept_update(rnd, Update(update.round, update.version, update.client_id, update.num_samples, vector, update.metrics))
                 for client, status in db.tasks_of(session, row.round).items():
                     if status == "failed":
@@ -116,6 +121,14 @@ class Coordinator(SecureStages):
             db.audit(session, "recovered", round=row.round, detail=detail)
             log.info("recovered round %d: %s", row.round, detail, extra={"round": row.round})
             return state, rnd, row
+
+    def _lose_update(self, session: Any, update: db.UpdateRow, err: Exception) -> None:
+        """An accepted update whose blob was damaged on disk: the round goes on without it, and says so."""
+        session.get(db.TaskRow, (update.round, update.client_id)).status = "failed"
+        db.audit(session, "update_blob_corrupt", client_id=update.client_id, round=update.round, sha256=update.sha256,
+                 detail=str(err))
+        log.error("round %d: the accepted update of client %s is left out: %s", update.round, update.client_id, err,
+                  extra={"round": update.round, "client_id": update.client_id, "sha256": update.sha256})
 
     def _commit_version(self, session: Any, state: ServerState, *, round: int, metrics: dict, status: str) -> db.VersionRow:
         state_sha = self.blobs.put(encode_state(state))

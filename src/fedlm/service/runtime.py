@@ -15,6 +15,7 @@ from fedlm.service.app import create_app
 from fedlm.service.blobs import BlobStore
 from fedlm.service.certs import ClientVerifier
 from fedlm.service.coordinator import Coordinator
+from fedlm.service.instance_lock import InstanceLock, hold_instance
 from fedlm.service.registry import make_evaluator
 from fedlm.service.settings import ServiceSettings
 from fedlm.service.store import Store
@@ -27,6 +28,7 @@ class Runtime:
     run: RunConfig
     coordinator: Coordinator
     app: Any
+    lock: InstanceLock  # held for the process's life: one coordinator per data directory and database
 
 
 def population_of(settings: ServiceSettings, run: RunConfig) -> int:
@@ -38,26 +40,35 @@ def population_of(settings: ServiceSettings, run: RunConfig) -> int:
 
 
 def build_runtime(settings: ServiceSettings) -> Runtime:
+    """The coordinator, once it holds its data directory and database (a second `fedlm serve` is refused first)."""
     from fedlm.assembly import assemble
 
     run = settings.run_config()
     population = population_of(settings, run)
-    parts = assemble(run, population=population)
-    evaluator = None
-    if settings.registry.eval_data:
-        evaluator = make_evaluator(parts, settings.path(settings.registry.eval_data),
-                                   max_sequences=settings.registry.eval_max_sequences)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    coordinator = Coordinator(
-        Store(settings.database_url), BlobStore(settings.data_dir / "blobs"), run=run, pipeline=parts.pipeline,
-        initial_global=parts.adapter.initial_shared, scheduling=settings.scheduling, registry=settings.registry, evaluator=evaluator,
-        secagg=settings.secagg,
-    )
-    crl = settings.path(settings.tls.crl) if settings.tls.crl else None
-    verifier = ClientVerifier(settings.path(settings.tls.ca), crl)
-    app = create_app(coordinator, verifier, max_upload_bytes=settings.server.max_upload_bytes, population=population,
-                     tick_seconds=settings.server.tick_seconds)
-    return Runtime(settings, run, coordinator, app)
+    store = Store(settings.database_url)
+    lock = hold_instance(settings.data_dir, store.engine, settings.database_url)
+    try:
+        parts = assemble(run, population=population)
+        evaluator = None
+        if settings.registry.eval_data:
+            evaluator = make_evaluator(parts, settings.path(settings.registry.eval_data),
+                                       max_sequences=settings.registry.eval_max_sequences)
+        blobs = BlobStore(settings.data_dir / "blobs")
+        blobs.clear_staging()  # only now: the lock says no other coordinator is mid-upload here
+        coordinator = Coordinator(
+            store, blobs, run=run, pipeline=parts.pipeline, initial_global=parts.adapter.initial_shared,
+            scheduling=settings.scheduling, registry=settings.registry, evaluator=evaluator, secagg=settings.secagg,
+        )
+        crl = settings.path(settings.tls.crl) if settings.tls.crl else None
+        verifier = ClientVerifier(settings.path(settings.tls.ca), crl)
+        app = create_app(coordinator, verifier, max_upload_bytes=settings.server.max_upload_bytes, population=population,
+                         tick_seconds=settings.server.tick_seconds)
+    except BaseException:
+        lock.release()
+        store.dispose()
+        raise
+    return Runtime(settings, run, coordinator, app, lock)
 
 
 def uvicorn_config(runtime: Runtime) -> Any:

@@ -87,7 +87,7 @@ class SecureStages:
         self.secure_metrics = {u.client_id: dict(u.metrics) for u in db.accepted_updates(session, rnd.round)}
         try:
             for row in db.secagg_messages(session, rnd.round):
-                apply_logged(self.secure, row, lambda sha: read_masked(self.blobs.path(sha), size=size),
+                apply_logged(self.secure, row, lambda sha: read_masked(self.blobs.verified_path(sha), size=size),
                              survivors_guard(self.pipeline.privacy, ledger))
         except RoundFailed as err:
             return str(err)

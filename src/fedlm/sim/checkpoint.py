@@ -19,8 +19,8 @@ from safetensors.numpy import load_file, save_file
 
 from fedlm.privacy.ledger import PrivacyLedger
 from fedlm.server.rounds import ServerState
+from fedlm.sim.rundir import CHECKPOINT_DIR
 
-CHECKPOINT_DIR = "checkpoint"
 PRIVATE_PREFIX = "private/"
 RESIDUAL_PREFIX = "residual/"
 

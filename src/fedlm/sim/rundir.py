@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from fedlm.config import RunConfig, SimulationSettings, dump_config
-from fedlm.sim.checkpoint import CHECKPOINT_DIR
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoint"  # written by sim.checkpoint (which imports torch and dp-accounting; the CLI must not)
 RUN_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, METRICS_FILE + ".tmp", SUMMARY_FILE + ".tmp")
 RUN_DIRS = (ADAPTER_DIR, CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".new")
 

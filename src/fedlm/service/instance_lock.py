@@ -1,0 +1,95 @@
+"""One coordinator per data directory and per database: a second `fedlm serve` is refused, not let in.
+
+Two coordinators over one data directory or one database each keep their own round in
+memory, so an update one of them accepts is left out of the version the other writes, and
+the second one's start-up would clear the first one's staged uploads. Until replicas share a
+round through the database, the first process holds an exclusive lock for its lifetime:
+`flock` on a file in the data directory (and beside a SQLite file kept elsewhere), and a
+PostgreSQL session-level advisory lock on the database. The operating system or the
+database releases each when the process ends, however it ends, so a crash leaves no stale lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = "coordinator.lock"
+ADVISORY_KEY = 0x666564_6C6D  # "fedlm": the one advisory lock a coordinator takes in its database
+
+
+class AlreadyServing(ValueError):
+    """Another coordinator holds this data directory or database."""
+
+
+@dataclass
+class InstanceLock:
+    """The locks one coordinator holds; `release` gives them back (the process's end does too)."""
+
+    files: list[Any] = field(default_factory=list)
+    connections: list[Any] = field(default_factory=list)
+
+    def release(self) -> None:
+        for handle in self.files:
+            handle.close()
+        for connection in self.connections:  # closing alone would return the session, lock and all, to the pool
+            connection.invalidate()
+        self.files, self.connections = [], []
+
+
+def lock_file(path: Path, what: str) -> Any:
+    """An open file holding an exclusive flock on `path`, with this process's pid written in it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyServing(f"another fedlm serve (pid {holder}) already serves {what}: two coordinators on one data "
+                             "directory or database lose accepted updates. Stop it first, or give this one its own "
+                             "server.data_dir and server.database_url") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def lock_database(engine: Any, url: str) -> Any:
+    """A connection holding PostgreSQL's advisory lock for coordinators (None for other databases)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    from sqlalchemy import text
+
+    connection = engine.connect()
+    connection.detach()  # this session is the lock's: it never goes back to the pool for others to reuse
+    held = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}).scalar()
+    connection.commit()
+    if not held:
+        connection.invalidate()
+        raise AlreadyServing(f"another fedlm serve already serves the database {url.split('@')[-1]}: two coordinators on "
+                             "one database lose accepted updates. Stop it first, or give this one its own database")
+    return connection
+
+
+def hold_instance(data_dir: Path, engine: Any, url: str) -> InstanceLock:
+    """Take every lock a coordinator needs, or refuse with the holder's pid; nothing is changed on refusal."""
+    lock = InstanceLock()
+    try:
+        lock.files.append(lock_file(Path(data_dir) / LOCK_FILE, f"the data directory {data_dir}"))
+        if engine.dialect.name == "sqlite" and engine.url.database and engine.url.database != ":memory:":
+            database = Path(engine.url.database).resolve()
+            if database.parent != Path(data_dir).resolve():
+                lock.files.append(lock_file(database.with_name(database.name + "." + LOCK_FILE), f"the database {database}"))
+        connection = lock_database(engine, url)
+        if connection is not None:
+            lock.connections.append(connection)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
