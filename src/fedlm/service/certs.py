@@ -6,11 +6,18 @@ whose certificate does not chain to the CA, and the app refuses a request withou
 (401); `ClientVerifier` then checks a certificate again in the app
 (issuer signature, validity dates, the revocation list, the CN's form) so a revoked
 certificate is refused with a clear 403 and a new CRL takes effect without a restart.
+
+Revocation fails closed: once a CRL is configured, a CRL that is missing, unreadable or not
+signed by the CA admits nobody (503 `crl_unavailable`, and an error in the log) until the
+operator restores it, rather than letting revoked certificates back in. `certs revoke`
+replaces the file atomically, so the server never reads half a CRL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import re
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -23,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedlm.service.errors import Refused
 
+log = logging.getLogger("fedlm.service")
 CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CRL = "ca.pem", "ca.key", "server.pem", "server.key", "crl.pem"
 
@@ -118,7 +126,10 @@ def write_crl(folder: Path, serials: list[int]) -> None:
     for serial in sorted(set(serials)):
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(_now()).build())
-    (Path(folder) / CRL).write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    target = Path(folder) / CRL
+    staging = target.with_name(target.name + ".new")
+    staging.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    os.replace(staging, target)  # a server re-reading the CRL sees the old one or the new one, never half of one
 
 
 def revoke(folder: Path, cert_path: Path) -> int:
@@ -138,20 +149,31 @@ class ClientVerifier:
     """Turns a peer certificate into a client id, or refuses it (403) with the reason."""
 
     def __init__(self, ca_path: Path, crl_path: Path | None) -> None:
+        """Checks the CRL once here, so `fedlm serve` refuses to start on a bad one (ValueError naming it)."""
         self.ca = x509.load_pem_x509_certificate(Path(ca_path).read_bytes())
         self.crl_path = Path(crl_path) if crl_path else None
         self._crl = _CrlCache()
+        try:
+            self.revoked()
+        except Refused as err:
+            raise ValueError(err.message) from None
 
     def revoked(self) -> frozenset[int]:
-        """The CRL's serials, re-read when the file changes; a CRL not signed by the CA is refused."""
-        if self.crl_path is None or not self.crl_path.is_file():
+        """The CRL's serials, re-read when the file changes; without a usable CRL nobody is admitted (fail closed)."""
+        if self.crl_path is None:
             return frozenset()
-        mtime = self.crl_path.stat().st_mtime
-        if mtime != self._crl.mtime:
-            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
-            if not crl.is_signature_valid(self.ca.public_key()):
-                raise RuntimeError(f"{self.crl_path} is not signed by the CA")
-            self._crl = _CrlCache(mtime, frozenset(r.serial_number for r in crl))
+        try:
+            mtime = self.crl_path.stat().st_mtime
+            if mtime != self._crl.mtime:
+                crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+                if not crl.is_signature_valid(self.ca.public_key()):
+                    raise ValueError("it is not signed by the CA")
+                self._crl = _CrlCache(mtime, frozenset(r.serial_number for r in crl))
+        except (OSError, ValueError) as err:
+            reason = "it is missing" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
+            log.error("revocation list %s unusable (%s): every client is refused until it is restored", self.crl_path, reason)
+            raise Refused(503, "crl_unavailable", f"the server's revocation list {self.crl_path.name} is unusable ({reason}); "
+                          "no client is admitted until the operator restores it") from None
         return self._crl.serials
 
     def identify(self, cert: x509.Certificate) -> str:

@@ -22,7 +22,7 @@ from fedlm.data.types import FederatedDataset, Sample
 from fedlm.eval.choice import ChoiceQuestion, ChoiceRecord, option_tokens, read_choice_jsonl
 from fedlm.eval.metrics import EvalResult
 from fedlm.work.protocol import Encoded, EvalSet
-from fedlm.work.language_model import attach_adapter, batch_loss, evaluate_set
+from fedlm.work.language_model import attach_adapter, batch_loss, evaluate_set, load_configured_federation
 
 
 def check_texts(samples: Sequence[Sample], kind: str) -> list[str]:
@@ -41,10 +41,7 @@ class CausalLmWork:
     def load_federation(self) -> FederatedDataset:
         from fedlm.data.shakespeare import load_shakespeare
 
-        data, seed = self.config.data, self.config.run.seed
-        if data.source == "folder":
-            return self.load_folder(Path(data.path), test_fraction=data.test_fraction, seed=seed)
-        return load_shakespeare(min_lines=data.min_lines, test_fraction=data.test_fraction, seed=seed)
+        return load_configured_federation(self, load_shakespeare)
 
     def load_folder(self, path: Path, *, test_fraction: float, seed: int) -> FederatedDataset:
         from fedlm.data.folders import load_folder

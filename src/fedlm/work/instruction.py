@@ -31,7 +31,7 @@ from fedlm.data.types import FederatedDataset, Sample
 from fedlm.eval.choice import ChoiceQuestion, option_tokens, read_choice_jsonl
 from fedlm.eval.metrics import EvalResult
 from fedlm.work.chat import LabelledSequence, label_conversation, prompt_tokens
-from fedlm.work.language_model import attach_adapter, batch_loss, evaluate_set
+from fedlm.work.language_model import attach_adapter, batch_loss, evaluate_set, load_configured_federation
 from fedlm.work.protocol import Encoded, EvalSet
 
 
@@ -77,10 +77,7 @@ class InstructionWork:
     def load_federation(self) -> FederatedDataset:
         from fedlm.data.dialogue import load_shakespeare_dialogue
 
-        data, seed = self.config.data, self.config.run.seed
-        if data.source == "folder":
-            return self.load_folder(Path(data.path), test_fraction=data.test_fraction, seed=seed)
-        return load_shakespeare_dialogue(min_lines=data.min_lines, test_fraction=data.test_fraction, seed=seed)
+        return load_configured_federation(self, load_shakespeare_dialogue)
 
     def load_folder(self, path: Path, *, test_fraction: float, seed: int) -> FederatedDataset:
         from fedlm.data.instructions import load_instruction_folder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,3 +34,11 @@ def attach_adapter(base: Any, config: RunConfig) -> Any:
     from fedlm.models.lora import attach_lora
 
     return attach_lora(base, config.lora, seed=config.run.seed)
+
+
+def load_configured_federation(work: Any, embedded: Callable[..., Any]) -> Any:
+    """The clients [data] names, for `work`: a folder in the work's layout, or its embedded default (the plays)."""
+    data, seed = work.config.data, work.config.run.seed
+    if data.source == "folder":
+        return work.load_folder(Path(data.path), test_fraction=data.test_fraction, seed=seed)
+    return embedded(min_lines=data.min_lines, test_fraction=data.test_fraction, seed=seed)
