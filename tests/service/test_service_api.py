@@ -108,6 +108,11 @@ REFUSALS = {
     "zero samples": ("alice", wire.serialize_dense(DELTA_A), {"samples": 0}, 422, "invalid_request"),
     "text in metrics": ("alice", wire.serialize_dense(DELTA_A), {"headers": {"X-Fedlm-Metrics": '{"note": "hello"}'}}, 400, "bad_metrics"),
     "metrics not json": ("alice", wire.serialize_dense(DELTA_A), {"headers": {"X-Fedlm-Metrics": "{"}}, 400, "bad_metrics"),
+    # red-team finding 8: free text smuggled as a metric's name, or in safetensors metadata, never reaches the store
+    "text as a metric name": ("alice", wire.serialize_dense(DELTA_A),
+                              {"headers": {"X-Fedlm-Metrics": '{"my password is hunter2": 1.0}'}}, 400, "bad_metrics"),
+    "safetensors metadata": ("alice", save({"update": DELTA_A}, metadata={"note": "patient 42 has ..."}), {}, 400,
+                             "malformed_update"),
 }
 
 
@@ -124,6 +129,7 @@ def test_refused_upload_is_4xx_json_and_leaves_state_unchanged(service, case):
     assert response.status_code == status, response.text
     assert response.json()["error"] == code
     assert snapshot(service) == before
+    assert "hunter2" not in response.text and "patient" not in response.text  # nor echoed back
 
 
 def test_replay_is_refused_and_leaves_state_unchanged(service):

@@ -54,15 +54,18 @@ def test_accepted_and_refused_uploads_log_ids_sizes_hashes_and_codes_never_conte
         assert http.post("/v1/tasks/next", json={}).json()["task"]["round"] == 1
     accepted_body = wire.serialize_dense(np.frombuffer(MARKER.encode(), np.float32).copy())
     malformed_body = save({MARKER: np.zeros(INITIAL.size, np.float32)})
-    # Execute: accepted (marker in the body and as a metric's name), malformed (the refusal's detail quotes the
-    # marker), bad metrics (marker as text), a replay; then bob's valid update closes the round
-    accepted = upload(alice, accepted_body, json.dumps({MARKER: 1.0}))
+    # Execute: the marker as a metric's name (refused: only declared names), accepted (marker in the body),
+    # malformed (the refusal's detail quotes the marker), bad metrics (marker as text), a replay; then bob's
+    # valid update closes the round
+    named = upload(alice, accepted_body, json.dumps({MARKER: 1.0}))
+    accepted = upload(alice, accepted_body, json.dumps({"train_loss": 1.0}))
     malformed = upload(bob, malformed_body)
     bad_metrics = upload(bob, accepted_body, json.dumps({"note": MARKER}))
     replay = upload(alice, accepted_body)
     closing = upload(bob, wire.serialize_dense(np.ones(INITIAL.size, np.float32)))
     # Assert: the answers
     assert accepted.status_code == 200 and closing.status_code == 200
+    assert (named.status_code, named.json()["error"]) == (400, "bad_metrics") and MARKER not in named.text
     assert (malformed.status_code, malformed.json()["error"]) == (400, "malformed_update") and MARKER in malformed.text
     assert (bad_metrics.status_code, bad_metrics.json()["error"]) == (400, "bad_metrics")
     assert (replay.status_code, replay.json()["error"]) == (409, "already_answered")
@@ -72,6 +75,10 @@ def test_accepted_and_refused_uploads_log_ids_sizes_hashes_and_codes_never_conte
     assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     assert all(datetime.fromisoformat(line["time"]).utcoffset().total_seconds() == 0 for line in lines)
     uploads = [line for line in lines if "code" in line or "sha256" in line]
+    # the refused metric name: the code only (the header is refused before the body is read)
+    named_line = uploads.pop(0)
+    assert named_line == {**named_line, "client_id": "alice", "round": 1, "code": "bad_metrics", "status": 400}
+    assert "sha256" not in named_line
     # the accepted update: client, round, size and hash as fields
     assert uploads[0] == {**uploads[0], "client_id": "alice", "round": 1, "size": len(accepted_body),
                           "sha256": hashlib.sha256(accepted_body).hexdigest()}

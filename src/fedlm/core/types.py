@@ -22,6 +22,11 @@ class Task:
     clip_norm: float = 0.0  # the round's L2 clip norm (it moves under adaptive clipping); 0 = none
 
 
+# The names of the numbers a client may report with its update (client.train and updates.client make
+# them). The service refuses any other name: a free-form key would let text onto the server.
+CLIENT_METRICS = ("train_loss", "last_loss", "steps", "tokens", "update_norm", "unclipped", "bytes_up")
+
+
 @dataclass(frozen=True)
 class Update:
     """A client's answer to a task: the delta of its shared parameters and how many samples made it.

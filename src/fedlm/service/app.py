@@ -29,6 +29,7 @@ from fedlm.server.rounds import MAX_SAMPLES
 from fedlm.service.blobs import CorruptBlob, TooLarge
 from fedlm.service.certs import ClientVerifier
 from fedlm.service.coordinator import Coordinator, log_refusal
+from fedlm.core.types import CLIENT_METRICS
 from fedlm.service.errors import Refused
 from fedlm.service.metrics import ServiceMetrics
 from fedlm.service.scheduling import Traits
@@ -51,7 +52,7 @@ class TraitsIn(BaseModel):
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """The X-Fedlm-Metrics header: a JSON object of at most 32 finite numbers (never text)."""
+    """The X-Fedlm-Metrics header: a JSON object of finite numbers under the declared names (never text)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -61,6 +62,8 @@ def parse_metrics(text: str) -> dict[str, float]:
         for k, v in data.items())
     if not ok:
         raise Refused(400, "bad_metrics", f"X-Fedlm-Metrics must be a JSON object of at most {MAX_METRICS} finite numbers")
+    if not set(data) <= set(CLIENT_METRICS):  # the unknown name is not echoed: it could be anything
+        raise Refused(400, "bad_metrics", f"X-Fedlm-Metrics takes only the metric names {', '.join(CLIENT_METRICS)}")
     return {k: float(v) for k, v in data.items()}
 
 

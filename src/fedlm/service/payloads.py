@@ -81,7 +81,9 @@ def _read_safetensors(path: Path, total: int, size: int, dtype: str) -> np.ndarr
             raise MalformedUpdate("safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise MalformedUpdate("safetensors header must be a JSON object")
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if "__metadata__" in header:  # free text would be stored verbatim with the accepted blob
+        raise MalformedUpdate("safetensors __metadata__ is not accepted: an update carries its tensor only")
+    tensors = header
     if set(tensors) != {"update"} or not isinstance(tensors["update"], dict):
         raise MalformedUpdate(f"safetensors payload must hold one tensor named 'update', got {sorted(tensors)[:5]}")
     entry = tensors["update"]
