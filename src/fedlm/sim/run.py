@@ -54,7 +54,9 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         "adapter_dir": ADAPTER_DIR,
         "pipeline": sim.pipeline.describe(),
         "task": sim.config.task.kind,
-        "training_data": dict(sim.data_counts),  # every training client's samples: tokenized, cut at seq_len, dropped
+        # samples tokenized, cut at seq_len, dropped: every training client's where encoding can cut (instruction,
+        # checked before round 1); the clients that trained where it cannot (causal_lm packs everything)
+        "training_data": dict(sim.data_counts),
         "eval_data": sim.eval_set.counts(),  # the evaluation clients' test samples, and the questions asked
     }
     summary.update(privacy_fields(sim, state))

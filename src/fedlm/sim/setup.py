@@ -97,9 +97,10 @@ def prepare(config: RunConfig, *, encode_all: bool = True) -> Simulation:
     """Load the data and the run's assembly (model, adapter at global version 0, pipeline).
 
     The data and the update pipeline are checked before the model loads, so a data set or a
-    combination that cannot work fails in a second, not after the load. With `encode_all`
-    every training client is tokenized before round 1 (a worker process leaves it to the
-    clients it is given).
+    combination that cannot work fails in a second, not after the load. With `encode_all`,
+    where the client work's encoding can refuse, cut or drop samples (instruction), every
+    training client is tokenized before round 1; a worker process leaves it to the clients
+    it is given.
     """
     work = make_work(config)
     dataset = work.load_federation()
@@ -111,6 +112,6 @@ def prepare(config: RunConfig, *, encode_all: bool = True) -> Simulation:
                                for n, p in adapter.model.named_parameters() if "lora_" not in n)
     sim = Simulation(config, work, parts.base, adapter, dataset, population, eval_clients, eval_set, parts.pipeline,
                      full_model_bytes)
-    if encode_all:
+    if encode_all and work.encodes_up_front:
         sim.encode_population()
     return sim

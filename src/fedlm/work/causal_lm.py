@@ -36,6 +36,7 @@ def check_texts(samples: Sequence[Sample], kind: str) -> list[str]:
 @dataclass(frozen=True)
 class CausalLmWork:
     kind: ClassVar[str] = "causal_lm"
+    encodes_up_front: ClassVar[bool] = False  # packing text cuts and drops nothing: clients are tokenized when they train
     config: RunConfig
 
     def load_federation(self) -> FederatedDataset:

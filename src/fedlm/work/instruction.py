@@ -72,6 +72,7 @@ def last_reply(conversation: Conversation) -> tuple[list[dict[str, str]], str]:
 @dataclass(frozen=True)
 class InstructionWork:
     kind: ClassVar[str] = "instruction"
+    encodes_up_front: ClassVar[bool] = True  # a prompt past seq_len, a template's refusal, a client emptied by "drop"
     config: RunConfig
 
     def load_federation(self) -> FederatedDataset:

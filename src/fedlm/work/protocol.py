@@ -63,6 +63,7 @@ class ClientWork(Protocol):
     """One kind of client work, built from the run config (`fedlm.work.make_work`). Must pickle."""
 
     kind: ClassVar[str]
+    encodes_up_front: ClassVar[bool]  # encoding can refuse, cut or drop samples: check every client before round 1
     config: RunConfig
 
     def load_federation(self) -> FederatedDataset:
