@@ -14,13 +14,13 @@ Every function takes an explicit `numpy.random.Generator`; none uses numpy's glo
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from fedlm.data.folders import read_jsonl_objects
 from fedlm.data.types import FederatedDataset, check_seed, check_test_fraction, make_client
 
 METHODS = ("iid", "dirichlet", "by_key")
@@ -90,15 +90,8 @@ def partition_by_key(keys: Sequence[Hashable]) -> dict[Hashable, np.ndarray]:
 
 
 def _corpus_record(
-    path: Path, number: int, line: str, text_field: str, key_field: str | None
+    path: Path, number: int, record: dict, text_field: str, key_field: str | None
 ) -> tuple[str, object]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-    if not isinstance(record, dict):
-        kind = type(record).__name__
-        raise ValueError(f"{path}, line {number}: expected a JSON object, got {kind}")
     text = record.get(text_field)
     if not isinstance(text, str):
         raise ValueError(f"{path}, line {number}: expected a string field {text_field!r}")
@@ -126,15 +119,9 @@ def load_corpus(
     source = Path(path)
     if not source.is_file():
         raise ValueError(f"corpus {source} is not a file")
-    try:
-        lines = source.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        reason = f"{error.reason} at byte {error.start}"
-        raise ValueError(f"corpus {source}: not UTF-8 text ({reason})") from None
     records = [
-        _corpus_record(source, n, line, text_field, key_field)
-        for n, line in enumerate(lines, start=1)
-        if line.strip()
+        _corpus_record(source, n, record, text_field, key_field)
+        for n, record in read_jsonl_objects(source)  # lines split on "\n" only, as JSON Lines defines them
     ]
     if not records:
         raise ValueError(f"corpus {source} holds no records")
