@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
-from fedlm.data.types import (
-    ClientData,
-    FederatedDataset,
-    check_seed,
-    check_test_fraction,
-    make_client,
-)
+from fedlm.data.types import FederatedDataset, Sample, check_seed, check_test_fraction, make_client
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v]*\n")
 
@@ -123,12 +118,33 @@ def find_client_sources(path: Path) -> dict[str, Path]:
     return sources
 
 
-def _load_client(client_id: str, source: Path, *, test_fraction: float, seed: int) -> ClientData:
+def _text_samples(client_id: str, source: Path) -> list[str]:
     samples = read_txt_client(source) if source.is_dir() else read_jsonl_client(source)
     samples = [s for s in samples if s.strip()]
     if not samples:
         raise ValueError(f"client {client_id!r} ({source}) has no non-empty samples")
-    return make_client(client_id, samples, test_fraction=test_fraction, seed=seed)
+    return samples
+
+
+def load_client_folders(
+    path: Path, read_client: Callable[[str, Path], list[Sample]], expected: str, *, test_fraction: float, seed: int,
+) -> FederatedDataset:
+    """A federation from `path`: `read_client(client_id, source)` for each client entry (`find_client_sources`).
+
+    Each client is split by `make_client`; the data set is named after the folder. A folder
+    with no client entries is refused, saying the layout `expected`.
+    """
+    check_test_fraction(test_fraction)
+    check_seed(seed)
+    root = check_folder(path)
+    sources = find_client_sources(root)
+    if not sources:
+        raise ValueError(f"path {root} holds no clients: expected {expected}")
+    clients = tuple(
+        make_client(cid, read_client(cid, source), test_fraction=test_fraction, seed=seed)
+        for cid, source in sorted(sources.items())
+    )
+    return FederatedDataset(name=root.resolve().name, clients=clients)
 
 
 def load_folder(path: Path, *, test_fraction: float = 0.2, seed: int = 0) -> FederatedDataset:
@@ -138,16 +154,5 @@ def load_folder(path: Path, *, test_fraction: float = 0.2, seed: int = 0) -> Fed
     with no clients, a duplicate client id, a malformed JSONL line (file and line number
     given) or a client without samples.
     """
-    check_test_fraction(test_fraction)
-    check_seed(seed)
-    root = check_folder(path)
-    sources = find_client_sources(root)
-    if not sources:
-        raise ValueError(
-            f"path {root} holds no clients: expected sub-folders of .txt files or .jsonl files"
-        )
-    clients = tuple(
-        _load_client(cid, source, test_fraction=test_fraction, seed=seed)
-        for cid, source in sorted(sources.items())
-    )
-    return FederatedDataset(name=root.resolve().name, clients=clients)
+    return load_client_folders(path, _text_samples, "sub-folders of .txt files or .jsonl files",
+                               test_fraction=test_fraction, seed=seed)

@@ -29,8 +29,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedlm.data.conversations import ROLES, Conversation, ConversationError, Message
-from fedlm.data.folders import check_folder, find_client_sources, list_files, read_jsonl_objects
-from fedlm.data.types import FederatedDataset, check_seed, check_test_fraction, make_client
+from fedlm.data.folders import list_files, load_client_folders, read_jsonl_objects
+from fedlm.data.types import FederatedDataset
 
 _SHAPES = (
     '{"messages": [{"role", "content"}, ...]} (chat)',
@@ -189,17 +189,7 @@ def load_instruction_folder(path: Path, *, test_fraction: float = 0.2, seed: int
     ValueError for a missing path, a folder with no clients, a duplicate client id, or a bad
     file or record (file and line given).
     """
-    check_test_fraction(test_fraction)
-    check_seed(seed)
-    root = check_folder(path)
-    sources = find_client_sources(root)
-    if not sources:
-        raise ValueError(
-            f"path {root} holds no clients: expected <client_id>.jsonl files "
-            "or <client_id>/ sub-folders of .jsonl files"
-        )
-    clients = tuple(
-        make_client(client_id, read_instruction_client(source), test_fraction=test_fraction, seed=seed)
-        for client_id, source in sorted(sources.items())
+    return load_client_folders(
+        path, lambda _client_id, source: read_instruction_client(source),
+        "<client_id>.jsonl files or <client_id>/ sub-folders of .jsonl files", test_fraction=test_fraction, seed=seed,
     )
-    return FederatedDataset(name=root.resolve().name, clients=clients)
