@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedlm.config import RunConfig
+from fedlm.config import ConfigError, RunConfig
 from fedlm.core.vectors import Spec, make_spec
 from fedlm.privacy.plan import PrivacyPlan, make_privacy_plan
 from fedlm.updates.build import build_pipeline
@@ -75,7 +75,16 @@ def assemble_model(config: RunConfig, work: ClientWork | None = None) -> tuple[C
         torch.set_num_threads(config.model.threads)
     work = work if work is not None else make_work(config)
     base = load_configured_model(config.model)
+    check_context_length(config, base)
     return work, base, work.attach(base)
+
+
+def check_context_length(config: RunConfig, base: BaseModel) -> None:
+    """Refuse a data.seq_len past the base model's context (its config's max_position_embeddings)."""
+    limit = getattr(base.model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and config.data.seq_len > limit:
+        raise ConfigError(f"data.seq_len: {config.data.seq_len} tokens is past the context of model "
+                          f"{config.model.name!r}, {limit} tokens (max_position_embeddings); set data.seq_len <= {limit}")
 
 
 def assemble(config: RunConfig, *, population: int, work: ClientWork | None = None) -> Assembly:

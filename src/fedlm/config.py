@@ -10,6 +10,7 @@ import dataclasses
 import json
 import tomllib
 
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import tomli_w
 
 # [model] and [task] live in model_settings; callers import every table (and ConfigError) from here.
 from fedlm.model_settings import TASK_KINDS, ModelSettings, TaskSettings  # noqa: F401
-from fedlm.settings_checks import ConfigError, require  # noqa: F401
+from fedlm.settings_checks import ConfigError, collect_problems, report, report_error, require  # noqa: F401
 
 
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
@@ -27,6 +28,7 @@ AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
 LORA_AGGREGATIONS = ("fedit", "ffa", "svd")
 EXECUTORS = ("serial", "processes", "ray")
 OVERLONG = ("truncate", "drop")
+EVAL_MODES = ("auto", "held_out", "per_site")  # how a run is evaluated; see fedlm.sim.setup.pick_eval_mode
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,19 @@ class DataSettings:
     test_fraction: float = 0.2  # share of each client's samples held out for evaluation
     seq_len: int = 128  # tokens per training/evaluation sequence (texts are packed; a conversation is one sequence)
     overlong: str = "truncate"  # instruction: a conversation past seq_len is "truncate"d (its end cut) or "drop"ped; counted
+    encoding: str = "utf-8"  # text encoding of every file under data.path: a Python codec ("utf-8" drops a BOM; "cp1252", "utf-16")
+
+    @staticmethod
+    def is_text_codec(name: str) -> bool:
+        """A text codec of the standard library (codecs.lookup alone: an installed package may answer any name)."""
+        import encodings
+
+        info = encodings.search_function(name.lower()) if isinstance(name, str) else None
+        return info is not None and info._is_text_encoding  # base64, rot13 and the like are not text
 
     def __post_init__(self) -> None:
+        require(self.is_text_codec(self.encoding), "data.encoding",
+                f"{self.encoding!r} is not a text encoding Python knows (e.g. 'utf-8', 'cp1252', 'utf-16')")
         require(self.overlong in OVERLONG, "data.overlong", f"must be one of {OVERLONG}")
         require(self.source in ("shakespeare", "folder"), "data.source", "must be 'shakespeare' or 'folder'")
         require(self.source != "folder" or bool(self.path), "data.path", "is required when data.source = 'folder'")
@@ -100,9 +113,22 @@ class ClientSettings:
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
     prox_mu: float = 0.0  # FedProx proximal term mu/2 * ||w - global||^2 on shared parameters; 0 = off
+    lr_schedule: str = "constant"  # "constant", "linear" or "cosine" decay of lr over all rounds' steps (client.schedule)
+    warmup_steps: int = 0  # linear warmup from 0 over this many global steps, (round - 1) * local_steps + step; 0 = none
+    min_lr_ratio: float = 0.0  # linear / cosine: the rate decays to this share of lr
+    max_grad_norm: float = 0.0  # clip the gradient's L2 norm over trainable parameters before each step; 0 = off
+    grad_accumulation: int = 1  # micro-batches of batch_size averaged per optimizer step (effective batch batch_size * this)
 
     def __post_init__(self) -> None:
         require(self.prox_mu >= 0, "client.prox_mu", "must be >= 0")
+        require(self.lr_schedule in ("constant", "linear", "cosine"), "client.lr_schedule",
+                "must be 'constant', 'linear' or 'cosine'")
+        require(self.warmup_steps >= 0, "client.warmup_steps", "must be >= 0")
+        require(0 <= self.min_lr_ratio <= 1, "client.min_lr_ratio", "must be in [0, 1]")
+        require(self.min_lr_ratio == 0 or self.lr_schedule != "constant", "client.min_lr_ratio",
+                "applies to a decaying rate: set client.lr_schedule to 'linear' or 'cosine', or leave it at 0")
+        require(self.max_grad_norm >= 0, "client.max_grad_norm", "must be >= 0 (0 is off)")
+        require(self.grad_accumulation >= 1, "client.grad_accumulation", "must be >= 1")
         require(self.local_steps >= 1, "client.local_steps", "must be >= 1")
         require(self.batch_size >= 1, "client.batch_size", "must be >= 1")
         require(self.lr > 0, "client.lr", "must be > 0")
@@ -120,6 +146,7 @@ class StrategySettings:
     server_beta2: float = 0.99  # adam / yogi second-moment decay
     server_tau: float = 1e-3  # adam / yogi / adagrad adaptivity
     weighting: str = "samples"  # "samples" (by training sequences) or "uniform"; robust aggregators are unweighted
+    max_client_weight: float = 0.0  # samples weighting: a client weighs min(its samples, this); 0 = no cap
     aggregator: str = "mean"  # "mean", or robust: "median", "trimmed_mean", "krum", "multi_krum"
     trim_fraction: float = 0.1  # trimmed_mean: share cut from each end, per coordinate
     num_byzantine: int = 0  # krum / multi_krum: f, the number of bad updates to tolerate
@@ -141,6 +168,7 @@ class StrategySettings:
         require(self.num_byzantine >= 0, "strategy.num_byzantine", "must be >= 0")
         require(self.krum_selected >= 0, "strategy.krum_selected", "must be >= 0")
         require(self.norm_bound >= 0, "strategy.norm_bound", "must be >= 0 (0 = off)")
+        require(0 <= self.max_client_weight < math.inf, "strategy.max_client_weight", "must be a finite number >= 0 (0 = no cap)")
         require(self.clip_norm >= 0, "strategy.clip_norm", "must be >= 0 (0 = off)")
 
 
@@ -202,9 +230,10 @@ class SecAggSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    clients: int = 16  # evaluation clients, a fixed seeded sample
-    held_out_clients: bool = True  # evaluation clients never train (held-out speakers)
-    max_sequences: int = 48  # cap on evaluation sequences (all clients together)
+    mode: str = "auto"  # "held_out" (eval.clients sampled clients), "per_site" (every client on its own test split), "auto" picks by count
+    clients: int = 16  # held_out: evaluation clients, a fixed seeded sample
+    held_out_clients: bool = True  # held_out: evaluation clients never train (held-out speakers)
+    max_sequences: int = 48  # cap on evaluation sequences (held_out: all clients together; per_site: each site)
     batch_size: int = 8
     multiple_choice: str = "auto"  # "auto" (the task kind's own: instruction asks which reply follows a cue), "off", or a JSONL path
     choice_questions: int = 64  # cap on multiple-choice questions (all evaluation clients together)
@@ -216,6 +245,7 @@ class EvalSettings:
         require(self.choice_questions >= 1, "eval.choice_questions", "must be >= 1")
         require(self.choice_options >= 2, "eval.choice_options", "must be >= 2")
         require(self.clients >= 1, "eval.clients", "must be >= 1")
+        require(self.mode in EVAL_MODES, "eval.mode", f"must be one of {EVAL_MODES}, got {self.mode!r}")
         require(self.max_sequences >= 1, "eval.max_sequences", "must be >= 1")
         require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
 
@@ -277,40 +307,64 @@ class RunConfig:
 
 
 def coerce_value(key: str, value: Any, kind: Any) -> Any:
-    """Check one TOML value against the field's annotated type (ints widen to floats); ConfigError naming `key`."""
-    origin = typing.get_origin(kind)
-    if origin is tuple:
-        require(isinstance(value, list | tuple), key, f"must be a list, got {value!r}")
+    """Check one TOML value against the field's annotated type (ints widen to floats); raise ConfigError naming `key`.
+
+    Always raises, even inside a collector: a value of the wrong type has nothing to check further.
+    """
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: must be a list, got {value!r}")
         item = typing.get_args(kind)[0]
         return tuple(coerce_value(f"{key}[{i}]", v, item) for i, v in enumerate(value))
-    if kind is bool:
-        require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
-    elif kind is int:
-        require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
-    elif kind is float:
-        require(isinstance(value, int | float) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{key}: must be an integer, got {value!r}")
+    if kind is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
         return float(value)
-    elif kind is str:
-        require(isinstance(value, str), key, f"must be a string, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string, got {value!r}")
     return value
 
 
 def build_section(name: str, cls: type, values: Any) -> Any:
-    """The dataclass `cls` from the TOML table `values`, every key known and type-checked."""
-    require(isinstance(values, dict), name, "must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    require(not unknown, f"{name}.{unknown[0]}" if unknown else name, f"unknown setting; known: {', '.join(sorted(known))}")
-    return cls(**{k: coerce_value(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+    """The dataclass `cls` from the TOML table `values`, every key known and type-checked.
+
+    Every problem of the table is reported together (one ConfigError, or the active
+    collector's list): an unknown key is dropped and a value of the wrong type left at
+    its default, so that the table's range checks still run on the other keys.
+    """
+    with collect_problems():
+        if not isinstance(values, dict):
+            report(f"{name}: must be a table")
+            return cls()
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        typed = {}
+        for key, value in values.items():
+            if key not in known:
+                report(f"{name}.{key}: unknown setting; known: {', '.join(sorted(known))}")
+                continue
+            try:
+                typed[key] = coerce_value(f"{name}.{key}", value, hints[key])
+            except ConfigError as err:
+                report_error(err)
+        return cls(**typed)
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    sections = {f.name: f for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(data) - set(sections))
-    require(not unknown, unknown[0] if unknown else "", f"unknown table; known: {', '.join(sections)}")
+    """The run config from TOML tables; one ConfigError lists every problem (each table's and the cross-table checks)."""
     hints = typing.get_type_hints(RunConfig)
-    return RunConfig(**{k: build_section(k, hints[k], v) for k, v in data.items()})
+    with collect_problems():
+        sections = {}
+        for name, values in data.items():  # in the file's order, so the problems are listed in it
+            if name in hints:
+                sections[name] = build_section(name, hints[name], values)
+            else:
+                report(f"{name}: unknown table; known: {', '.join(f.name for f in dataclasses.fields(RunConfig))}")
+        return RunConfig(**sections)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -330,8 +384,18 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
 
 
-def load_config(path: Path | None) -> RunConfig:
-    return RunConfig() if path is None else config_from_dict(read_toml(path))
+def load_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """The TOML file at `path` (defaults if None) with `overrides` ({section: {key: value}}) on top.
+
+    The file and the overrides are checked together: one ConfigError lists every problem.
+    """
+    data = {} if path is None else read_toml(path)
+    with collect_problems():
+        for section, values in read_override_flags(overrides or {}).items():
+            table = data.setdefault(section, {})
+            if isinstance(table, dict):  # a section that is not a table is reported by config_from_dict
+                table.update(values)
+        return config_from_dict(data)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -347,12 +411,51 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, name, value
 
 
-def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
-    data = config_to_dict(config)
+FLAG_SPELLINGS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+def read_flag(key: str, value: Any) -> bool:
+    """A boolean setting as the command line may spell it: true/false, yes/no, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    spelled = str(value).strip().lower() if isinstance(value, str | int) else None
+    if spelled not in FLAG_SPELLINGS:
+        raise ConfigError(f"{key}: must be true or false (or yes/no, 1/0), got {value!r}")
+    return FLAG_SPELLINGS[spelled]
+
+
+def read_override_flags(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`overrides` with each boolean setting read by `read_flag` (a refused one is reported and left out).
+
+    Only overrides get these spellings: a TOML file says true or false. Unknown tables and
+    keys pass through untouched, for config_from_dict to report.
+    """
+    tables = typing.get_type_hints(RunConfig)
+    read: dict[str, dict[str, Any]] = {}
     for section, values in overrides.items():
-        require(section in data, section, f"unknown table; known: {', '.join(data)}")
-        data[section].update(values)
-    return config_from_dict(data)
+        if section not in tables or not isinstance(values, dict):
+            read[section] = values
+            continue
+        kinds = typing.get_type_hints(tables[section])
+        read[section] = {}
+        for key, value in values.items():
+            try:
+                read[section][key] = read_flag(f"{section}.{key}", value) if kinds.get(key) is bool else value
+            except ConfigError as err:
+                report_error(err)
+    return read
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+    """`config` with `overrides` ({section: {key: value}}) on top; one ConfigError lists every problem."""
+    data = config_to_dict(config)
+    with collect_problems():
+        for section, values in read_override_flags(overrides).items():
+            if section in data:
+                data[section].update(values)
+            else:
+                report(f"{section}: unknown table; known: {', '.join(data)}")
+        return config_from_dict(data)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -60,3 +60,18 @@ def test_server_sgd_does_not_modify_its_inputs_and_checks_shapes():
     assert global_vector.tolist() == [1.0, 1.0, 1.0] and mean_delta.tolist() == [2.5, 5.0, 7.5]
     with pytest.raises(ValueError, match="shape"):
         server_sgd(global_vector, _f32(1, 2), server_lr=1.0)
+
+
+def test_client_weight_cap_bounds_the_sample_count():
+    assert client_weight(7, "samples", max_weight=100.0) == 7.0
+    assert client_weight(2**31 - 1, "samples", max_weight=100.0) == 100.0
+    assert client_weight(2**31 - 1, "samples", max_weight=0.0) == float(2**31 - 1)  # 0 = no cap
+    assert client_weight(2**31 - 1, "uniform", max_weight=100.0) == 1.0
+
+
+def test_largest_share_names_the_heaviest_client():
+    from fedlm.aggregation.mean import largest_share
+
+    assert largest_share({"a": 1.0, "b": 3.0}) == ("b", 0.75)
+    assert largest_share({"a": 2.0, "b": 2.0}) == ("a", 0.5)  # ties: the first name, so the answer is stable
+    assert largest_share({}) == ("", 0.0)

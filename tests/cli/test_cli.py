@@ -95,3 +95,70 @@ def test_the_command_line_loads_without_torch_or_the_service_stack():
             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
+
+
+def _every_command() -> list[list[str]]:
+    """The argument lists that reach every command and group of the CLI, the root included."""
+    import click
+    import typer
+
+    def walk(command: click.Command, path: list[str]) -> list[list[str]]:
+        found = [path]
+        for name, sub in getattr(command, "commands", {}).items():
+            found += walk(sub, [*path, name])
+        return found
+
+    return walk(typer.main.get_command(app), [])
+
+
+def _help_texts(command_path: list[str]) -> list[str]:
+    """The help, epilog and option help strings of the command at `command_path`."""
+    import typer
+
+    command = typer.main.get_command(app)
+    for name in command_path:
+        command = command.commands[name]
+    return [command.help or "", command.epilog or ""] + [getattr(p, "help", None) or "" for p in command.params]
+
+
+def test_help_prints_bracketed_toml_table_names_intact():
+    import re
+
+    # Prepare: every [table] named in any help text (the experiment command names its [experiment] table)
+    cases = [(path, name) for path in _every_command() for text in _help_texts(path)
+             for name in re.findall(r"\[[a-z_]+\]", text)]
+    assert (["experiment", "compare"], "[experiment]") in cases
+    for path, name in cases:
+        # Execute
+        result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+        # Assert
+        assert result.exit_code == 0 and name in result.output, (path, name)
+
+
+def test_help_shows_flags_without_a_value_type():
+    for path in _every_command():
+        result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+        assert result.exit_code == 0, path
+        assert "<bool>" not in result.output, path
+    overwrite = next(line for line in runner.invoke(app, ["simulate", "--help"]).output.splitlines() if "--overwrite" in line)
+    assert overwrite.split()[0] == "--overwrite" and not overwrite.split()[1].startswith("<")  # no value to give
+
+
+def test_config_check_lists_every_problem_of_the_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[client]\nlr = -1\n[lora]\nr = 0\n[federation]\nrounds = 0\n")
+    result = runner.invoke(app, ["config", "check", str(path)], terminal_width=200)
+    assert result.exit_code == 2
+    assert "3 problems" in result.output
+    for line in ("client.lr: must be > 0", "lora.r: must be >= 1", "federation.rounds: must be >= 1"):
+        assert line in result.output
+
+
+def test_simulate_refuses_a_bad_boolean_spelling_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["simulate", *TINY, "--set", "secagg.enabled=maybe", "--set", "client.lr=[/]",
+                                 "--out", str(out)], terminal_width=200)
+    assert result.exit_code == 2
+    assert "secagg.enabled: must be true or false (or yes/no, 1/0), got 'maybe'" in result.output
+    assert "client.lr: must be a number, got '[/]'" in result.output  # printed as text, not read as Rich markup
+    assert not out.exists()

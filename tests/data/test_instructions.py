@@ -339,3 +339,15 @@ def test_missing_path_file_path_and_empty_folder_are_refused(tmp_path: Path):
 def test_bad_split_arguments_are_refused(federation: Path, kwargs: dict, message: str):
     with pytest.raises(ValueError, match=message):
         load_instruction_folder(federation, **kwargs)
+
+
+def test_an_empty_jsonl_beside_good_ones_is_skipped_as_the_report_says(tmp_path):
+    from fedlm.data.instructions import read_instruction_client
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "a.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    (tmp_path / "site" / "b.jsonl").write_text("\n  \n")
+    assert len(read_instruction_client(tmp_path / "site")) == 1
+    (tmp_path / "site" / "a.jsonl").write_text("")
+    with pytest.raises(ValueError, match="holds no records"):
+        read_instruction_client(tmp_path / "site")

@@ -387,3 +387,41 @@ def test_close_round_refuses_a_round_that_does_not_follow_the_state():
     assert _snapshot(rnd) == before
     assert new_state.version == 1 and new_state.global_vector.tolist() == [2.0, 3.0, 4.0]
 
+
+
+def _round_with_samples(samples: dict[str, int], *, weighting="samples", max_weight=0.0):
+    from fedlm.server.rounds import accept_update, initial_state, open_round
+    from fedlm.updates.pipeline import ServerOptimizer, Stage, Step, make_pipeline
+
+    pipeline = make_pipeline((Step("mean", Stage.AGGREGATE),), ServerOptimizer("sgd", lr=1.0), weighting=weighting,
+                             max_weight=max_weight)
+    state = initial_state(np.zeros(2, np.float32), pipeline)
+    rnd = open_round(state, tuple(samples), pipeline)
+    for who, n in samples.items():
+        accept_update(rnd, Update(1, 0, who, n, np.array([1.0, float(n)], np.float32), {}))
+    return state, rnd
+
+
+def test_weight_cap_changes_the_mean_to_the_capped_weights():
+    from fedlm.server.rounds import close_round
+
+    state, rnd = _round_with_samples({"a": 10, "b": 30, "big": 1000}, max_weight=60.0)
+    new, _ = close_round(state, rnd)
+    # second coordinate: (10*10 + 30*30 + 60*1000) / (10 + 30 + 60) = 610
+    np.testing.assert_allclose(new.global_vector, [1.0, 610.0], rtol=1e-6)
+
+
+def test_dominance_warning_names_the_client_and_its_share():
+    from fedlm.server.rounds import dominance_warning, weight_share
+
+    _, rnd = _round_with_samples({"a": 48, "b": 48, "c": 48, "big": 95690})
+    warning = dominance_warning(rnd)
+    assert weight_share(rnd) == pytest.approx(95690 / (95690 + 3 * 48))
+    assert warning is not None and "client big holds 100%" in warning and "uncapped" in warning
+    assert "strategy.max_client_weight" in warning
+    _, capped = _round_with_samples({"a": 48, "b": 48, "c": 48, "big": 95690}, max_weight=48.0)
+    assert dominance_warning(capped) is None and weight_share(capped) == 0.25
+    _, two = _round_with_samples({"a": 1, "big": 1000})
+    assert dominance_warning(two) is None  # two clients: one of them always holds half or more
+    _, uniform = _round_with_samples({"a": 1, "b": 1, "big": 1000}, weighting="uniform")
+    assert dominance_warning(uniform) is None

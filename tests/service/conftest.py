@@ -63,8 +63,10 @@ DP_POPULATION = 100  # the population a test run's privacy plan assumes
 
 
 def pipeline_for(run: RunConfig):
-    """FedAvg, or under secure aggregation the run's own pipeline (clip -> [noise share] -> mask -> mean -> unmask)."""
-    if not run.secagg.enabled:
+    """FedAvg, or the run's own pipeline under secure aggregation (clip -> [noise share] -> mask -> mean -> unmask)
+    or with update limits (norm bound -> mean, weights capped)."""
+    limited = run.strategy.norm_bound > 0 or run.strategy.max_client_weight > 0
+    if not run.secagg.enabled and not limited:
         return fedavg_pipeline()
     plan = make_privacy_plan(run.privacy, run.federation, DP_POPULATION)
     return build_pipeline(run.strategy, run.lora, None, plan, run.compression, run.secagg)

@@ -49,3 +49,24 @@ def test_a_bad_record_is_refused_with_file_and_line_before_the_model_loads(tmp_p
     # Execute / Assert
     with pytest.raises(ValueError, match=r"me\.jsonl, line 2: .*no assistant turn"):
         LocalTrainer.build(served_config(1), data, client_id="me")
+
+
+def test_a_client_reads_its_files_in_its_own_encoding(tmp_path, monkeypatch):
+    # Prepare: a cp1252 site in a UTF-8 run; stop right after the data is read (no model needed)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "notes.txt").write_bytes("Caf\xe9 notes.\n\nSecond paragraph \u2013 dash.".encode("cp1252"))
+    run = apply_overrides(RunConfig(), {"model": {"name": "tiny"}})
+    config = {"run": config_to_dict(run), "update_size": 1, "population": 10, "max_upload_bytes": 1 << 20}
+    seen = []
+
+    def stop(run, **kwargs):
+        seen.append(run.data.encoding)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("fedlm.assembly.assemble", stop)
+    # Execute / Assert: the run's utf-8 refuses the file, naming it; --encoding cp1252 reads it
+    with pytest.raises(ValueError, match=r"notes\.txt"):
+        LocalTrainer.build(config, tmp_path / "site", client_id="me")
+    with pytest.raises(RuntimeError, match="stop here"):
+        LocalTrainer.build(config, tmp_path / "site", client_id="me", encoding="cp1252")
+    assert seen == ["cp1252"]

@@ -32,3 +32,14 @@ def test_defaults_and_relative_paths(tmp_path):
 def test_bad_settings_are_refused_naming_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         settings_from_dict(data)
+
+
+def test_every_table_of_server_toml_is_checked_at_once():
+    from fedlm.config import ConfigError
+    from fedlm.service.settings import settings_from_dict
+
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict({"server": {"port": 0}, "tls": {"cert": ""}, "scheduling": {"deadline_seconds": 0},
+                            "limits": {"norm_bound": -1}})
+    assert [p.split(": ", 1)[0] for p in caught.value.problems] == [
+        "server.port", "tls.cert", "scheduling.deadline_seconds", "limits.norm_bound"]

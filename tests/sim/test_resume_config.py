@@ -26,3 +26,12 @@ def test_resume_may_move_the_run_to_another_device_or_thread_count():
     check_resume_config(saved, apply_overrides(saved, {"model": {"device": "cpu", "threads": 2, "gradient_checkpointing": True}}))
     with pytest.raises(ValueError, match="--resume may change federation.rounds and"):
         check_resume_config(saved, apply_overrides(saved, {"model": {"dtype": "bfloat16"}}))  # changes the arithmetic
+
+
+def test_resume_keeps_the_rounds_of_a_decaying_learning_rate():
+    saved = apply_overrides(RunConfig(), {"client": {"lr_schedule": "cosine"}})
+    check_resume_config(saved, saved)  # the same rounds: the schedule is the one the run started
+    with pytest.raises(ValueError, match="cannot change federation.rounds \\(4 -> 8\\) under client.lr_schedule = 'cosine'"):
+        check_resume_config(saved, apply_overrides(saved, {"federation": {"rounds": 8}}))
+    warmup = apply_overrides(RunConfig(), {"client": {"warmup_steps": 3}})
+    check_resume_config(warmup, apply_overrides(warmup, {"federation": {"rounds": 8}}))  # warmup does not look at rounds

@@ -140,8 +140,8 @@ def test_simulate_runs_on_the_embedded_shakespeare_dialogue(tmp_path):
     assert "multiple choice" in result.output and "chance" in result.output
 
 
-@pytest.mark.parametrize("kind", ["causal_lm", "instruction"])
-def test_a_users_own_multiple_choice_file_is_asked_under_either_kind(tmp_path, kind):
+@pytest.mark.parametrize("kind,mode", [("causal_lm", "held_out"), ("instruction", "held_out"), ("causal_lm", "per_site")])
+def test_a_users_own_multiple_choice_file_is_asked_under_either_kind(tmp_path, kind, mode):
     # Prepare: three questions; the data is plain text for causal_lm, conversations for instruction.
     questions = tmp_path / "mc.jsonl"
     questions.write_text("\n".join(json.dumps(q) for q in [
@@ -160,8 +160,10 @@ def test_a_users_own_multiple_choice_file_is_asked_under_either_kind(tmp_path, k
     # Execute
     result = runner.invoke(app, ["simulate", "--model", "tiny", "--data", str(data), "--out", str(out), "-q",
                                  "--rounds", "1", "--clients-per-round", "2", "--seq-len", "96", "--set", f"task.kind={kind}",
-                                 "--set", "eval.clients=2", "--set", f"eval.multiple_choice={questions}"])
-    # Assert: every question asked each evaluation, chance (1/2 + 1/3 + 1/2) / 3.
+                                 "--set", "eval.clients=2", "--set", f"eval.multiple_choice={questions}",
+                                 "--set", f"eval.mode={mode}"])
+    # Assert: every question asked each evaluation, once (per site too: the file's questions belong to no site),
+    # chance (1/2 + 1/3 + 1/2) / 3.
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     for row in (summary["base"], summary["final"]):

@@ -13,12 +13,26 @@ from scipy.linalg.blas import saxpy
 WEIGHTINGS = ("samples", "uniform")
 
 
-def client_weight(num_samples: int, weighting: str) -> float:
+def client_weight(num_samples: int, weighting: str, max_weight: float = 0.0) -> float:
+    """A client's weight in the mean: 1, or its sample count capped at `max_weight` (0 = no cap).
+
+    The cap bounds what one client can buy with a large (or a false) sample count: its share
+    of the round is at most max_weight / (max_weight + the others' weights).
+    """
     if weighting == "uniform":
         return 1.0
     if weighting == "samples":
-        return float(num_samples)
+        return float(min(num_samples, max_weight)) if max_weight > 0 else float(num_samples)
     raise ValueError(f"unknown weighting {weighting!r}; known: {WEIGHTINGS}")
+
+
+def largest_share(weights: dict[str, float]) -> tuple[str, float]:
+    """The client with the largest weight and its share of the round's total weight ("", 0.0 if none)."""
+    if not weights:
+        return "", 0.0
+    who = max(sorted(weights), key=lambda c: weights[c])
+    total = sum(weights.values())
+    return who, weights[who] / total if total > 0 else 0.0
 
 
 def fold(total: np.ndarray, update: np.ndarray, weight: float) -> None:

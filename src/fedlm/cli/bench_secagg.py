@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
@@ -26,7 +27,7 @@ def bench_secagg_command(
     try:
         report = measure(clients, params, neighbours=neighbours, dropout=dropout, seed=seed)
     except ValueError as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     if as_json:
         print(json.dumps(report))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
@@ -31,14 +32,14 @@ def bench_sim_command(
     try:
         settings = SimulationSettings(executor=executor, workers=workers, address=address)
     except ConfigError as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     from fedlm.sim.bench import bench_rounds  # the engine (and torch) only once the flags are good
 
     try:
         result = bench_rounds(clients=clients, params=params, rounds=rounds, settings=settings).as_dict()
     except ValueError as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     if as_json:
         print(json.dumps(result))

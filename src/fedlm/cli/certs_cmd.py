@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(help="Certificates for mutual TLS: a CA, the server's, clients' (CN = client id), revocation.",
                   no_args_is_help=True)
@@ -13,7 +14,7 @@ console = Console()
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/] {err}")
+    console.print(f"[red]error:[/] {escape(str(err))}")
     raise typer.Exit(2) from None
 
 
@@ -34,7 +35,7 @@ def init(
 
 @app.command("issue")
 def issue(
-    client_id: str = typer.Argument(..., help="The client id: the certificate's CN."),
+    client_id: str = typer.Argument(..., help="The client id: the certificate's CN (1-64 letters, digits, '.', '_', '-')."),
     folder: Path = typer.Option(Path("certs"), "--dir", help="The CA folder."),
     out: Path = typer.Option(None, "--out", help="Where to write CLIENT_ID.pem and .key (default DIR/clients)."),
 ) -> None:

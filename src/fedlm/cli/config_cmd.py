@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 from fedlm.config import ConfigError, RunConfig, dump_config, load_config
@@ -25,6 +26,6 @@ def check(path: Path = typer.Argument(..., help="A TOML run config.")) -> None:
     try:
         config = load_config(path)
     except ConfigError as err:
-        console.print(f"[red]config error:[/] {err}")
+        console.print(f"[red]config error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     print(dump_config(config), end="")

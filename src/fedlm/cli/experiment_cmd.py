@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 from fedlm.config import ConfigError
@@ -43,7 +44,7 @@ def compare_command(
         overrides["experiment"] = from_file | overrides.get("experiment", {})  # --set wins over the file
         run_config, settings = resolve(base, overrides, quick=quick)
     except ConfigError as err:
-        console.print(f"[red]config error:[/] {err}")
+        console.print(f"[red]config error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     started = time.perf_counter()
 
@@ -53,7 +54,7 @@ def compare_command(
     try:
         results = run_comparison(run_config, settings, log, on_progress=lambda partial: write_outputs(partial, out))
     except (ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     paths = write_outputs(results, out)
     typer.echo(markdown_table(results))

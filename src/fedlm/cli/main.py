@@ -6,7 +6,8 @@ import warnings
 
 import typer
 
-from fedlm.cli import bench_cmd, certs_cmd, config_cmd, experiment_cmd, models_cmd, privacy_cmd
+from fedlm.cli import bench_cmd, certs_cmd, config_cmd, data_cmd, experiment_cmd, models_cmd, privacy_cmd
+from fedlm.cli.export_cmd import export_command
 from fedlm.cli.join_cmd import join_command
 from fedlm.cli.serve_cmd import serve_command
 from fedlm.cli.simulate import simulate_command
@@ -17,9 +18,15 @@ app = typer.Typer(
     "only adapter updates travel.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    # Plain help for every command (sub-apps inherit the root's mode): with Rich markup on, a TOML table
+    # name such as [experiment] in a help text is read as a style tag and vanishes, and Typer's Rich
+    # panels show a value type (<bool>) for flags that take none.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 app.command("simulate", epilog="Settings (--set section.key=value, or a TOML table per section):\n\n"
             + "\n\n".join(settings_listing()))(simulate_command)
+app.command("export")(export_command)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(privacy_cmd.app, name="privacy")
@@ -28,6 +35,7 @@ app.add_typer(experiment_cmd.app, name="experiment")
 app.command("serve")(serve_command)
 app.command("join")(join_command)
 app.add_typer(certs_cmd.app, name="certs")
+app.add_typer(data_cmd.app, name="data")
 
 
 @app.callback()

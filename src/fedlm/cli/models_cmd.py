@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 from fedlm.config import ModelSettings
@@ -23,7 +24,7 @@ def prepare(name: str = typer.Argument(ModelSettings().name, help="'smollm2', 't
     try:
         path = resolve_model_dir(name)
     except (ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     console.print(str(path))
 
@@ -48,7 +49,7 @@ def list_versions(config: Path = SERVER_CONFIG) -> None:
     try:
         _, store, _ = _registry(config)
     except ValueError as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     for v in registry_versions(store):
         loss = v["metrics"].get("eval_loss")
@@ -58,15 +59,26 @@ def list_versions(config: Path = SERVER_CONFIG) -> None:
 
 
 @app.command("export")
-def export(version: int = typer.Argument(...), directory: Path = typer.Argument(...), config: Path = SERVER_CONFIG) -> None:
-    """Write model VERSION as a PEFT adapter directory."""
+def export(
+    version: int = typer.Argument(..., help="The model version (`fedlm models list` shows them)."),
+    directory: Path = typer.Argument(..., help="Where to write it (created; must not hold files unless --overwrite)."),
+    config: Path = SERVER_CONFIG,
+    merged: bool = typer.Option(False, "--merged", help="Write the base model with the adapter merged in "
+                                "(loads with transformers alone) instead of the adapter."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DIRECTORY if it exists and is not empty."),
+) -> None:
+    """Write model VERSION as a PEFT adapter directory with a model card (or, with --merged, a merged model)."""
+    from fedlm.cli.export_cmd import fedlm_version
     from fedlm.service.registry import export_version
 
     try:
         settings, store, blobs = _registry(config)
-        export_version(store, blobs, settings.run_config(), version, directory)
-    except ValueError as err:
-        console.print(f"[red]error:[/] {err}")
+        if merged:
+            console.print(f"merging v{version} into its base model and saving the full model to {directory} ...")
+        export_version(store, blobs, settings.run_config(), version, directory, merged=merged, overwrite=overwrite,
+                       tool_version=fedlm_version())
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     console.print(str(directory))
 
@@ -80,6 +92,6 @@ def rollback(version: int = typer.Argument(...), config: Path = SERVER_CONFIG) -
         _, store, _ = _registry(config)
         registry_rollback(store, version)
     except ValueError as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     console.print(f"production is now v{version}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedlm.eval.metrics import EvalResult
@@ -56,3 +57,7 @@ class RichReporter:
             f"held-out perplexity {ev['perplexity']:.2f}, {record['seconds']:.1f} s"
             + (f", epsilon {record['epsilon']:.3f}" if "epsilon" in record else "")
         )
+        sites = record.get("sites")
+        if sites and sites["worst_site"] is not None:
+            self.console.print(f"  per site: mean perplexity {sites['mean_perplexity']:.2f}, worst {sites['worst_perplexity']:.2f} "
+                               f"({escape(str(sites['worst_site']))})", markup=True)

@@ -6,13 +6,16 @@ import logging
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 console = Console(stderr=True)
 
 
 def serve_command(config: Path = typer.Option(..., "--config", help="server.toml (see the README's service section).")) -> None:
-    """Run the coordinator: REST API under /v1 (OpenAPI at /openapi.json), Prometheus at /metrics."""
+    """Run the coordinator: REST API under /v1, OpenAPI at /openapi.json, Prometheus at /metrics (all with a client
+    certificate but /v1/health). After the last round it says so once and keeps serving the final version until stopped
+    (Ctrl-C)."""
     import uvicorn
 
     from fedlm.config import ConfigError
@@ -25,7 +28,7 @@ def serve_command(config: Path = typer.Option(..., "--config", help="server.toml
         configure_logging(settings.server.log_format)
         runtime = build_runtime(settings)
     except (ConfigError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     server, store = settings.server, settings.database_url.split("@")[-1]
     logging.getLogger("fedlm.service").info("fedlm coordinator on https://%s:%d (mTLS), store %s", server.host, server.port,

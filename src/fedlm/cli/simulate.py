@@ -9,9 +9,10 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from fedlm.config import ConfigError, RunConfig, apply_overrides, load_config, parse_override
+from fedlm.config import ConfigError, RunConfig, load_config, parse_override
 from fedlm.sim.rundir import CONFIG_FILE
 
 # fedlm.sim.run (torch, PEFT) is imported when a run starts: `fedlm --help` stays fast.
@@ -48,13 +49,28 @@ def collect_overrides(shortcuts: dict[str, Any], data: Path | None, sets: list[s
 
 
 def resolve_config(config_file: Path | None, overrides: dict[str, dict[str, Any]]) -> RunConfig:
-    return apply_overrides(load_config(config_file), overrides)
+    """The file's settings with the flags' on top, checked together: one ConfigError lists every problem."""
+    return load_config(config_file, overrides)
+
+
+def site_table(base: dict[str, Any], final: dict[str, Any], version: int) -> Table:
+    """Per-site perplexity, base and final, with the mean over sites and the worst site."""
+    table = Table(title="per site (perplexity on each site's held-out split)")
+    for column in ("site", "base", f"global v{version}"):
+        table.add_column(column, justify="right")
+    for site in sorted(final["by_site"]):
+        table.add_row(escape(site), f"{base['by_site'][site]['perplexity']:.2f}", f"{final['by_site'][site]['perplexity']:.2f}")
+    table.add_row("mean over sites", f"{base['mean_perplexity']:.2f}", f"{final['mean_perplexity']:.2f}")
+    table.add_row(f"worst ({escape(str(final['worst_site']))})", f"{base['worst_perplexity']:.2f}", f"{final['worst_perplexity']:.2f}")
+    return table
 
 
 def print_result(summary: dict[str, Any], out: Path) -> None:
     instruction = summary.get("task") == "instruction"
     what = "responses" if instruction else "text"
-    table = Table(title=f"held-out evaluation (evaluation clients' test {what})")
+    per_site = summary.get("eval_mode") == "per_site"
+    whose = "every site's own held-out" if per_site else "evaluation clients' test"
+    table = Table(title=f"held-out evaluation ({whose} {what}, pooled)" if per_site else f"held-out evaluation ({whose} {what})")
     choices = "choice_accuracy" in (summary.get("base") or {})
     columns = ["model", "loss", "perplexity", "next-token accuracy"] + (["multiple choice", "chance"] if choices else [])
     for column in columns:
@@ -67,6 +83,8 @@ def print_result(summary: dict[str, Any], out: Path) -> None:
                 cells += [f"{row['choice_accuracy']:.3f} of {row['choice_questions']}", f"{row['choice_chance']:.3f}"]
             table.add_row(*cells)
     console.print(table)
+    if per_site and summary.get("final_sites"):
+        console.print(site_table(summary["base_sites"], summary["final_sites"], summary["version"]))
     for what, key in (("training data", "training_data"), ("evaluation data", "eval_data")):
         counts = summary.get(key) or {}
         if counts.get("truncated") or counts.get("dropped"):
@@ -115,7 +133,7 @@ def simulate_command(
         base_file = out / CONFIG_FILE if resume else config
         run_config = resolve_config(base_file, collect_overrides(shortcuts, data, set_))
     except ConfigError as err:
-        console.print(f"[red]config error:[/] {err}")
+        console.print(f"[red]config error:[/] {escape(str(err))}")  # a value may look like Rich markup
         raise typer.Exit(2) from None
     out = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -128,6 +146,6 @@ def simulate_command(
             with RichReporter(console) as reporter:
                 summary = run_simulation(run_config, out, overwrite=overwrite, reporter=reporter, resume=resume)
     except (ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     print_result(summary, out)

@@ -4,16 +4,23 @@ FedAvg's client step (McMahan et al. 2017, "Communication-Efficient Learning of 
 Networks from Decentralized Data", arXiv:1602.05629): a few epochs or steps of local
 optimisation from the current global model. The model is never copied: the global
 vector and this client's private parameters are written into the one adapter in place.
+
+Each optimizer step averages the gradients of `client.grad_accumulation` micro-batches,
+lets the gradient hooks adjust them (FedProx, rank masks), clips their joint L2 norm to
+`client.max_grad_norm`, and steps at the round's scheduled rate (client.schedule): the
+order transformers' Trainer uses, with FedProx's term counted as part of the loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import torch
 
+from fedlm.client.schedule import round_lr_factors
 from fedlm.config import ClientSettings
 from fedlm.core.rng import derive_seed, make_rng
 from fedlm.core.types import Task, Update
@@ -41,6 +48,27 @@ def make_optimizer(params: list[torch.Tensor], settings: ClientSettings) -> torc
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+def local_batch_order(num_blocks: int, settings: ClientSettings, rng: np.random.Generator) -> np.ndarray:
+    """Block indices of the round's micro-batches: local_steps * grad_accumulation rows of batch_size.
+
+    Consecutive rows make one optimizer step; with grad_accumulation = 1 this is batch_order's
+    draw for local_steps batches, so the default run sees the same batches as before.
+    """
+    return batch_order(num_blocks, steps=settings.local_steps * settings.grad_accumulation,
+                       batch_size=settings.batch_size, rng=rng)
+
+
+def accumulate_gradients(model: torch.nn.Module, micro_batches: Sequence[Blocks], loss_fn: LossFn) -> float:
+    """Backpropagate the mean of the micro-batches' losses (one at a time); returns that mean."""
+    share = len(micro_batches)
+    total = 0.0
+    for batch in micro_batches:
+        loss = loss_fn(model, batch)
+        (loss if share == 1 else loss / share).backward()  # with one micro-batch, exactly the plain step
+        total += loss.item()
+    return total if share == 1 else total / share
+
+
 def train_local(
     model: torch.nn.Module,
     params: list[torch.Tensor],
@@ -49,25 +77,35 @@ def train_local(
     on_step: StepCallback | None = None,
     after_backward: GradientHook | None = None,
     loss_fn: LossFn = batch_loss,
+    lr_factors: Sequence[float] | None = None,
 ) -> LocalResult:
-    """Plain supervised steps of the client work's loss over `batches`; returns loss statistics.
+    """Supervised steps of the client work's loss over `batches` (micro-batches); returns loss statistics.
 
-    `after_backward` may adjust the gradients before each step (FedProx, rank masks).
+    Every `settings.grad_accumulation` micro-batches make one optimizer step (a short last
+    group averages what it has). `after_backward` may adjust the gradients before each step
+    (FedProx, rank masks); then they are clipped to `settings.max_grad_norm` (0 = off).
+    Step k runs at `settings.lr * lr_factors[k]`; None leaves the rate at `settings.lr`.
     """
     optimizer = make_optimizer(params, settings)
     model.train()
     losses, tokens = [], 0
-    for step, batch in enumerate(batches):
-        loss = loss_fn(model, batch)
-        loss.backward()
+    micro_batches = iter(batches)
+    step = 0
+    while group := list(islice(micro_batches, settings.grad_accumulation)):
+        if lr_factors is not None:
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = settings.lr * lr_factors[step]
+        losses.append(accumulate_gradients(model, group, loss_fn))
         if after_backward is not None:
             after_backward()
+        if settings.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        tokens += batch.num_tokens
+        tokens += sum(batch.num_tokens for batch in group)
         if on_step is not None:
             on_step(step, losses[-1])
+        step += 1
     model.eval()
     return LocalResult(steps=len(losses), tokens=tokens, mean_loss=float(np.mean(losses)), last_loss=losses[-1])
 
@@ -126,6 +164,7 @@ def run_task(
     encode: Callable[..., dict[str, float]] | None = None,
     residual: np.ndarray | None = None,
     loss_fn: LossFn = batch_loss,
+    rounds: int | None = None,
 ) -> Update:
     """Train one client on `task` and return its update.
 
@@ -135,8 +174,10 @@ def run_task(
     `rank` below the adapter's rank trains only the leading LoRA components; `encode`
     runs the client side of the update pipeline (clipping, ...) on the delta in place;
     `residual` is the client's error-feedback state for top-k sparsification; `loss_fn` is
-    the client work's loss (fedlm.work).
+    the client work's loss (fedlm.work); `rounds` (federation.rounds) is the length of the
+    run that client.lr_schedule decays over, needed for "linear" and "cosine".
     """
+    lr_factors = round_lr_factors(settings, round=task.round, rounds=rounds)  # refuses before any state changes
     adapter.write_shared(global_vector)
     adapter.write_private(private_vector)
     hooks = []
@@ -148,13 +189,10 @@ def run_task(
             for p, mask in masks:
                 p.mul_(mask)
         hooks.append(mask_hook(masks))
-    order = batch_order(
-        len(train_blocks), steps=settings.local_steps, batch_size=settings.batch_size,
-        rng=make_rng(seed, "batches", task.round, task.client_id),
-    )
+    order = local_batch_order(len(train_blocks), settings, make_rng(seed, "batches", task.round, task.client_id))
     torch.manual_seed(derive_seed(seed, "dropout", task.round, task.client_id))  # LoRA dropout has no generator argument
     result = train_local(adapter.model, adapter.trainable, iter_batches(train_blocks, order), settings, on_step,
-                         chain_hooks(hooks), loss_fn)
+                         chain_hooks(hooks), loss_fn, lr_factors)
     adapter.read_shared(out)
     np.subtract(out, global_vector, out=out)
     adapter.read_private(private_vector)

@@ -154,35 +154,43 @@ def parse_record(record: object, source: str) -> Conversation:
     raise ConversationError(_unknown_shape(record, source))
 
 
-def read_instruction_jsonl(path: Path) -> list[Conversation]:
+def read_instruction_jsonl(path: Path, *, encoding: str = "utf-8") -> list[Conversation]:
     """The conversation on every non-blank line of `path`; sources read "<path>, line <n>".
 
-    Raises ValueError naming the file (and line) for text that is not UTF-8, a line that is
-    not a JSON object or not a conversation, or a file without records.
+    Raises ValueError naming the file (and line or byte offset) for text that `encoding`
+    cannot decode, a line that is not a JSON object or not a conversation, or a file without records.
     """
     path = Path(path)
-    conversations = [parse_record(record, f"{path}, line {n}") for n, record in read_jsonl_objects(path)]
+    records = read_jsonl_objects(path, encoding=encoding)
+    conversations = [parse_record(record, f"{path}, line {n}") for n, record in records]
     if not conversations:
         raise ValueError(f"{path} holds no records: expected one JSON object per line")
     return conversations
 
 
-def read_instruction_client(path: Path) -> list[Conversation]:
-    """One client's conversations: a .jsonl file, or every .jsonl file in a folder (name order)."""
+def read_instruction_client(path: Path, *, encoding: str = "utf-8") -> list[Conversation]:
+    """One client's conversations: a .jsonl file, or every .jsonl file below a folder (any depth, path order)."""
     path = Path(path)
     if path.is_dir():
         files = list_files(path, ".jsonl")
         if not files:
             raise ValueError(f"client folder {path} holds no .jsonl files")
-        return [conversation for file in files for conversation in read_instruction_jsonl(file)]
+        # a file of blank lines only is skipped, as `fedlm data check` reports it; a bad line is refused
+        conversations = [parse_record(record, f"{file}, line {n}") for file in files
+                         for n, record in read_jsonl_objects(file, encoding=encoding)]
+        if not conversations:
+            raise ValueError(f"client folder {path} holds no records: its .jsonl files are empty")
+        return conversations
     if not path.exists():
         raise ValueError(f"path {path} does not exist")
-    if path.suffix != ".jsonl":
+    if path.suffix.lower() != ".jsonl":
         raise ValueError(f"path {path} is neither a .jsonl file nor a folder of .jsonl files")
-    return read_instruction_jsonl(path)
+    return read_instruction_jsonl(path, encoding=encoding)
 
 
-def load_instruction_folder(path: Path, *, test_fraction: float = 0.2, seed: int = 0) -> FederatedDataset:
+def load_instruction_folder(
+    path: Path, *, test_fraction: float = 0.2, seed: int = 0, encoding: str = "utf-8",
+) -> FederatedDataset:
     """The federation in `path`: one client per `<client_id>.jsonl` file or sub-folder of them.
 
     The data set is named after the folder; each client is split by `make_client`. Raises
@@ -190,6 +198,6 @@ def load_instruction_folder(path: Path, *, test_fraction: float = 0.2, seed: int
     file or record (file and line given).
     """
     return load_client_folders(
-        path, lambda _client_id, source: read_instruction_client(source),
+        path, lambda _client_id, source: read_instruction_client(source, encoding=encoding),
         "<client_id>.jsonl files or <client_id>/ sub-folders of .jsonl files", test_fraction=test_fraction, seed=seed,
     )

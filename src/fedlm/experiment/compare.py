@@ -29,9 +29,13 @@ from fedlm.sim.setup import Simulation, prepare
 
 
 def plain_config(config: RunConfig) -> RunConfig:
-    """The run's model, LoRA, data, client and eval settings with plain FedAvg's server side (no DP, compression, SecAgg)."""
+    """The run's model, LoRA, data, client and eval settings with plain FedAvg's server side (no DP, compression, SecAgg).
+
+    Evaluation is always by held-out clients: the comparison's "held-out" slice must be clients that
+    never trained (per-site evaluation would score the training sites there).
+    """
     return dataclasses.replace(config, strategy=StrategySettings(), privacy=PrivacySettings(), compression=CompressionSettings(),
-                               secagg=SecAggSettings())
+                               secagg=SecAggSettings(), eval=dataclasses.replace(config.eval, mode="held_out"))
 
 
 def fedavg_config(config: RunConfig, settings: ExperimentSettings) -> RunConfig:

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from fedlm.assembly import make_update_path
-from fedlm.client.train import LocalResult, LossFn, run_task, train_local
+from fedlm.client.schedule import round_lr_factors
+from fedlm.client.train import LocalResult, LossFn, local_batch_order, run_task, train_local
 from fedlm.config import ClientSettings, RunConfig
 from fedlm.core.rng import derive_seed, make_rng
 from fedlm.core.types import Task
-from fedlm.data.blocks import Blocks, batch_order, concat_blocks, empty_blocks, iter_batches
+from fedlm.data.blocks import Blocks, concat_blocks, empty_blocks, iter_batches
 from fedlm.eval.metrics import EvalResult
 from fedlm.eval.slices import join_blocks
 from fedlm.experiment.settings import Budget
@@ -98,10 +99,10 @@ def train_centralized(
     same adapter (tests/experiment checks it to float tolerance).
     """
     reset_adapter(adapter)
-    order = batch_order(len(blocks), steps=settings.local_steps, batch_size=settings.batch_size,
-                        rng=make_rng(seed, "batches", 1, name))
+    order = local_batch_order(len(blocks), settings, make_rng(seed, "batches", 1, name))
     torch.manual_seed(derive_seed(seed, "dropout", 1, name))
-    return train_local(adapter.model, adapter.trainable, iter_batches(blocks, order), settings, loss_fn=loss_fn)
+    return train_local(adapter.model, adapter.trainable, iter_batches(blocks, order), settings, loss_fn=loss_fn,
+                       lr_factors=round_lr_factors(settings, round=1, rounds=1))
 
 
 def run_centralized(bench: Bench) -> MethodResult:
@@ -111,7 +112,7 @@ def run_centralized(bench: Bench) -> MethodResult:
     settings = dataclasses.replace(sim.config.client, local_steps=budget.centralized_steps, batch_size=budget.batch_size)
     result = train_centralized(sim.adapter, union, settings, seed=sim.config.run.seed, loss_fn=sim.work.loss)
     extra = {"steps": result.steps, "union_sequences": len(union), "train_loss": result.mean_loss}
-    return MethodResult("centralized", evaluate_slices(bench), result.steps * budget.batch_size,
+    return MethodResult("centralized", evaluate_slices(bench), result.steps * budget.batch_size * settings.grad_accumulation,
                         time.perf_counter() - started, extra=extra)
 
 
@@ -135,9 +136,9 @@ def run_local_only(bench: Bench) -> MethodResult:
         update = run_task(
             adapter, Task(round=1, version=0, client_id=client), global_vector=adapter.initial_shared,
             private_vector=adapter.initial_private.copy(), train_blocks=sim.train_blocks(client),
-            settings=settings, seed=sim.config.run.seed, out=buffer, loss_fn=sim.work.loss,
+            settings=settings, seed=sim.config.run.seed, out=buffer, loss_fn=sim.work.loss, rounds=1,
         )
-        sequences += int(update.metrics["steps"]) * settings.batch_size
+        sequences += int(update.metrics["steps"]) * settings.batch_size * settings.grad_accumulation
         adapter.write_shared(adapter.initial_shared + update.vector)  # the client's trained adapter
         totals["held_out"] = totals["held_out"] + bench.evaluate(held_out)
         own_blocks = bench.own.get(client, empty_blocks(bench.seq_len))
@@ -183,7 +184,7 @@ def run_federated(bench: Bench, name: str, config: RunConfig, log: Log) -> Metho
     sim.adapter.write_shared(result.state.global_vector)
     own = bench.evaluate(bench.own_set())
     slices = {"held_out": result.final_eval, "own": own}  # the engine scored the held-out slice after the last round
-    per_client = config.client.local_steps * config.client.batch_size
+    per_client = config.client.local_steps * config.client.batch_size * config.client.grad_accumulation
     curve, sequences = [], 0
     for record in result.records:
         sequences += record["accepted"] * per_client

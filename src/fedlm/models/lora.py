@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from fedlm.config import LoraSettings
+from fedlm.config import ConfigError, LoraSettings
 from fedlm.core.rng import derive_seed
 from fedlm.core.vectors import Spec, read_into, spec_of, write_from
 from fedlm.models.base import BaseModel
+from fedlm.models.card import BaseOrigin
+from fedlm.models.output_dir import write_output_dir
 
 
 @dataclass
@@ -56,8 +58,40 @@ def is_private(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+# Layer types PEFT's LoRA can wrap (bitsandbytes' 4-bit Linear is a torch Linear); transformers' GPT-2 Conv1D too.
+ADAPTABLE_LAYERS = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                    torch.nn.MultiheadAttention)
+
+
+def adaptable_modules(model: torch.nn.Module) -> list[str]:
+    """The dotted names of the model's layers LoRA can wrap."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [name for name, module in model.named_modules() if isinstance(module, ADAPTABLE_LAYERS + (Conv1D,))]
+
+
+def is_target(module_name: str, target: str) -> bool:
+    """PEFT's rule for a list of target_modules: the name itself, or its dotted suffix."""
+    return module_name == target or module_name.endswith(f".{target}")
+
+
+def check_target_modules(model: torch.nn.Module, targets: tuple[str, ...], model_name: str) -> None:
+    """Refuse any lora.target_modules entry that matches no layer of the model, naming the layers it has.
+
+    PEFT refuses only when no entry matches; a typo beside a valid name would silently adapt fewer layers.
+    """
+    names = adaptable_modules(model)
+    unmatched = [t for t in targets if not any(is_target(name, t) for name in names)]
+    if unmatched:
+        candidates = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in names}))
+        raise ConfigError(f"lora.target_modules: {', '.join(map(repr, unmatched))} "
+                          f"{'matches' if len(unmatched) == 1 else 'match'} no layer of model {model_name!r}; "
+                          f"its layers LoRA can adapt: {candidates}")
+
+
 def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapter:
     """Wrap the base model with a LoRA adapter initialised from `seed` (same seed, same adapter)."""
+    check_target_modules(base.model, settings.target_modules, base.name)
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -76,7 +110,7 @@ def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapte
         try:
             model = get_peft_model(model, config)
         except ValueError as err:
-            raise ValueError(f"lora.target_modules {list(settings.target_modules)} do not fit this model: {err}") from None
+            raise ConfigError(f"lora.target_modules: {list(settings.target_modules)} do not fit model {base.name!r}: {err}") from None
     if settings.aggregation == "ffa":
         freeze_lora_a(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -143,15 +177,54 @@ def rank_masks(adapter: Adapter, rank: int) -> list[tuple[torch.Tensor, torch.Te
     return masks
 
 
-def export_adapter(adapter: Adapter, global_vector: np.ndarray, directory: Path) -> Path:
-    """Save the global adapter in PEFT format (adapter_config.json + adapter_model.safetensors).
+def export_adapter(
+    adapter: Adapter, global_vector: np.ndarray, directory: Path, *, base: BaseOrigin | None = None,
+    card: str | None = None, overwrite: bool = True,
+) -> Path:
+    """Save the global adapter in PEFT format (adapter_config.json + adapter_model.safetensors), whole or not at all.
 
-    Private parameters are exported at their initial values: they belong to clients.
-    The adapter is left holding the global vector.
+    `base` is what adapter_config.json names as the base model (None: the directory it was
+    loaded from); `card` becomes README.md in place of PEFT's empty template. Private
+    parameters are exported at their initial values: they belong to clients. The adapter
+    is left holding the global vector.
     """
     adapter.write_shared(global_vector)
     adapter.write_private(adapter.initial_private)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    adapter.model.save_pretrained(directory, safe_serialization=True)
-    return directory
+    peft_config = adapter.model.peft_config["default"]
+    loaded_from = peft_config.base_model_name_or_path
+
+    def save(tmp: Path) -> None:
+        peft_config.base_model_name_or_path = base.name_or_path if base is not None else loaded_from
+        try:
+            # no vocabulary is resized here, so no full embedding to save; "auto" would look the base up on the Hub
+            adapter.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        finally:
+            peft_config.base_model_name_or_path = loaded_from
+        write_card(tmp, card)
+
+    return write_output_dir(Path(directory), save, overwrite=overwrite)
+
+
+def save_merged(model: PeftModel, tokenizer, directory: Path, *, card: str | None = None, overwrite: bool = False) -> Path:
+    """Merge the adapter into the base weights (PEFT merge_and_unload) and save a plain transformers model + tokenizer.
+
+    The result loads with AutoModelForCausalLM.from_pretrained as it is. Merging rewrites
+    the base model's weights in place and removes the LoRA layers: `model` is used up.
+    """
+    merged = model.merge_and_unload()
+
+    def save(tmp: Path) -> None:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_card(tmp, card)
+
+    return write_output_dir(Path(directory), save, overwrite=overwrite)
+
+
+def write_card(directory: Path, card: str | None) -> None:
+    """README.md: the model card, or none at all rather than PEFT's template of blanks."""
+    readme = Path(directory) / "README.md"
+    if card is None:
+        readme.unlink(missing_ok=True)
+    else:
+        readme.write_text(card, encoding="utf-8")

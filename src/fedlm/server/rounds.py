@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from fedlm.aggregation.mean import client_weight, fold
+from fedlm.aggregation.mean import client_weight, fold, largest_share
 from fedlm.core.types import Task, Update
 from fedlm.privacy.adaptive_clip import next_clip_norm
 from fedlm.privacy.ledger import PrivacyLedger
@@ -28,6 +28,8 @@ MAX_WEIGHTED_MAGNITUDE = 1e30
 CLIP_TOLERANCE = 1.0 + 1e-4
 # More samples than any client holds; bounds the weight so it is always a finite float32.
 MAX_SAMPLES = 2**31 - 1
+# A client holding more than this share of a round's weight (among 3 or more) is warned about.
+DOMINANT_SHARE = 0.5
 
 
 class UpdateRejected(ValueError):
@@ -131,7 +133,7 @@ def check_update(rnd: OpenRound, update: Update) -> None:
         squared = float(np.dot(vector, vector))
     if not np.isfinite(squared):
         raise UpdateRejected(f"update from {who} has non-finite values or is too large (its norm overflows float32)")
-    weight = client_weight(update.num_samples, rnd.pipeline.weighting)
+    weight = client_weight(update.num_samples, rnd.pipeline.weighting, rnd.pipeline.max_weight)
     norm = squared**0.5
     if enforces_clip(rnd.pipeline) and norm > rnd.clip_norm * CLIP_TOLERANCE:
         raise UpdateRejected(f"update from {who} has norm {norm:.6g}, past the clip norm {rnd.clip_norm:.6g} "
@@ -161,7 +163,7 @@ def is_adaptive(pipeline: Pipeline) -> bool:
 def accept_update(rnd: OpenRound, update: Update) -> None:
     """Check an update, run the per-update server steps, and fold it in (or keep its row)."""
     check_update(rnd, update)
-    weight = client_weight(update.num_samples, rnd.pipeline.weighting)
+    weight = client_weight(update.num_samples, rnd.pipeline.weighting, rnd.pipeline.max_weight)
     vector = apply_ingress(rnd.pipeline, update.vector, rnd.scratch)
     if rnd.stack is not None:
         rnd.stack[len(rnd.weights)] = vector
@@ -211,6 +213,28 @@ def abandon_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, Roun
         raise ValueError(f"round {rnd.round} does not follow the server state (round {state.rounds_done}, v{state.version})")
     failed = tuple(sorted(rnd.cohort))
     return replace(state, rounds_done=rnd.round), RoundOutcome(rnd.round, state.version, (), failed, committed=False)
+
+
+def weight_share(rnd: OpenRound) -> float:
+    """The largest share of the round's total weight one accepted client holds (0 with none)."""
+    return largest_share(rnd.weights)[1]
+
+
+def dominance_warning(rnd: OpenRound) -> str | None:
+    """A sentence when sample-count weighting lets one client hold most of the round, else None.
+
+    With three or more accepted updates, more than half the weight in one client means the
+    average is mostly that client's update; the sentence says how to bound it.
+    """
+    if rnd.pipeline.weighting != "samples" or len(rnd.weights) < 3:
+        return None
+    who, share = largest_share(rnd.weights)
+    if share <= DOMINANT_SHARE:
+        return None
+    cap = f"capped at {rnd.pipeline.max_weight:g}" if rnd.pipeline.max_weight > 0 else "uncapped"
+    return (f"round {rnd.round}: client {who} holds {share:.0%} of the round's weight ({rnd.weights[who]:g} samples, "
+            f"{cap}) among {len(rnd.weights)} updates; bound it with strategy.max_client_weight "
+            "or use strategy.weighting = 'uniform'")
 
 
 def mark_failed(rnd: OpenRound, client_id: str) -> None:

@@ -1,7 +1,8 @@
 """Identity for mutual TLS: a private CA, the server's certificate, client certificates, a CRL.
 
 Built on the `cryptography` package's x509 API; keys are ECDSA P-256. The client id is
-the certificate's subject CN. TLS (uvicorn, ssl.CERT_OPTIONAL) already refuses a peer
+the certificate's subject CN, so at most 64 characters (X.509's bound on a CN), one rule
+for `certs issue` and for the server (CLIENT_ID). TLS (uvicorn, ssl.CERT_OPTIONAL) already refuses a peer
 whose certificate does not chain to the CA, and the app refuses a request without one
 (401); `ClientVerifier` then checks a certificate again in the app
 (issuer signature, validity dates, the revocation list, the CN's form) so a revoked
@@ -31,14 +32,26 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedlm.service.errors import Refused
 
 log = logging.getLogger("fedlm.service")
-CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_CLIENT_ID = 64  # the X.509 upper bound on a CN (RFC 5280, ub-common-name)
+CLIENT_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_CLIENT_ID - 1}}}")
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CRL = "ca.pem", "ca.key", "server.pem", "server.key", "crl.pem"
 
 
 def check_client_id(client_id: str) -> str:
+    if len(client_id) > MAX_CLIENT_ID:
+        raise ValueError(f"client id {client_id[:12]!r}... is {len(client_id)} characters long; a certificate's CN, "
+                         f"and so a client id, holds at most {MAX_CLIENT_ID}")
     if not CLIENT_ID.fullmatch(client_id):
-        raise ValueError(f"client id {client_id[:140]!r} must be 1-128 of letters, digits, '.', '_', '-' (not first)")
+        raise ValueError(f"client id {client_id!r} must be 1-{MAX_CLIENT_ID} of letters, digits, '.', '_', '-' "
+                         "(a letter or digit first)")
     return client_id
+
+
+def well_formed_client_id(cert: x509.Certificate) -> str | None:
+    """The certificate's CN if it is a well-formed client id, else None (so nothing else from it reaches a log)."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = str(names[0].value) if names else ""
+    return value if CLIENT_ID.fullmatch(value) else None
 
 
 def _now() -> dt.datetime:
@@ -185,8 +198,8 @@ class ClientVerifier:
             raise Refused(403, "expired_certificate", "client certificate is outside its validity period")
         if cert.serial_number in self.revoked():
             raise Refused(403, "revoked_certificate", f"client certificate serial {cert.serial_number:x} is revoked")
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        client_id = str(names[0].value) if names else ""
-        if not CLIENT_ID.fullmatch(client_id):
-            raise Refused(403, "bad_client_id", "client certificate's CN is not a valid client id")
+        client_id = well_formed_client_id(cert)
+        if client_id is None:
+            raise Refused(403, "bad_client_id", f"client certificate's CN is not a client id (1-{MAX_CLIENT_ID} of "
+                          "letters, digits, '.', '_', '-')")
         return client_id

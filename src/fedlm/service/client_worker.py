@@ -25,9 +25,9 @@ import numpy as np
 
 from fedlm.service.scheduling import Traits
 from fedlm.service.secagg_worker import take_part_securely
-from fedlm.service.transport import Connection, JoinSettings, ServerRefused
+from fedlm.service.transport import CertificateProblem, Connection, JoinSettings, ServerRefused
 
-__all__ = ["Connection", "JoinSettings", "ServerRefused", "join", "take_part"]
+__all__ = ["CertificateProblem", "Connection", "JoinSettings", "ServerRefused", "join", "take_part"]
 
 log = logging.getLogger("fedlm.join")
 # trains on a task from the global vector: (task, global) -> (float32 update after the client steps, samples, metrics)
@@ -61,15 +61,23 @@ def upload(conn: Connection, task: dict[str, Any], payload: bytes, num_samples: 
 
 
 def join(settings: JoinSettings) -> int:
-    """Take part until the coordinator says the run is finished; returns the number of updates sent."""
+    """Take part until the coordinator says the run is finished; returns the number of updates sent.
+
+    Says what it is doing while it starts (connecting, registered, loading the model: tens of seconds)."""
     from fedlm.service.local_trainer import LocalTrainer
 
+    log.info("connecting to %s with certificate %s", settings.server, settings.cert)
     conn = Connection(settings)
     try:
         me = conn.request("POST", "/v1/clients/register", json=settings.traits.__dict__).json()["client_id"]
         config = conn.request("GET", "/v1/config").json()
+        model = config.get("run", {}).get("model", {}).get("name", "?")
+        log.info("registered as client %s; loading the model (%s) and this client's data, which can take a minute", me, model)
+        started = time.monotonic()
         trainer = LocalTrainer.build(config, Path(settings.data), client_id=me, threads=settings.threads,
-                                     device=settings.device)
+                                     device=settings.device, encoding=settings.encoding)
+        log.info("ready in %.0f s; waiting for a task (the server opens a round once enough clients are here)",
+                 time.monotonic() - started)
         return take_part(conn, me, trainer.train, settings.traits)
     finally:
         conn.close()

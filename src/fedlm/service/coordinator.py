@@ -25,8 +25,8 @@ import numpy as np
 from fedlm.config import RunConfig
 from fedlm.core.types import Update
 from fedlm.server.rounds import (
-    OpenRound, ServerState, UpdateRejected, accept_update, check_update, close_round, initial_state, mark_failed,
-    open_round,
+    OpenRound, ServerState, UpdateRejected, accept_update, check_update, close_round, dominance_warning, initial_state,
+    mark_failed, open_round, weight_share,
 )
 from fedlm.service import store as db
 from fedlm.service.blobs import BlobStore, Staged
@@ -352,8 +352,10 @@ class Coordinator(SecureStages):
     def _round_metrics(self, rnd: OpenRound, reason: str) -> dict[str, Any]:
         losses = [(m["train_loss"], rnd.weights[c]) for c, m in rnd.metrics.items() if "train_loss" in m]
         train_loss = float(np.average([l for l, _ in losses], weights=[w for _, w in losses])) if losses else None
+        if (warning := dominance_warning(rnd)) is not None:
+            log.warning(warning, extra={"round": rnd.round})
         return {"accepted": len(rnd.weights), "failed": len(rnd.failed), "cohort": len(rnd.cohort),
-                "train_loss": train_loss, "closed_by": reason}
+                "max_client_share": weight_share(rnd), "train_loss": train_loss, "closed_by": reason}
 
     def _commit_new_version(self, session: Any, state: ServerState, round: int, metrics: dict[str, Any]) -> None:
         if self.evaluator is not None:

@@ -34,14 +34,16 @@ class LocalTrainer:
     residual: np.ndarray | None  # top-k error feedback, client-side state
 
     @classmethod
-    def build(cls, config: dict[str, Any], data: Path, *, client_id: str, threads: int = 1, device: str = "") -> LocalTrainer:
-        """The client's trainer; `threads` and `device` (when given) are this machine's, and win over the run's."""
+    def build(cls, config: dict[str, Any], data: Path, *, client_id: str, threads: int = 1, device: str = "",
+              encoding: str = "") -> LocalTrainer:
+        """The client's trainer; `threads`, `device` and `encoding` (when given) are this machine's and its files',
+        and win over the run's."""
         from fedlm.assembly import assemble
         from fedlm.work import make_work
 
         run = config_from_dict(config["run"])
         model = replace(run.model, threads=threads or run.model.threads, device=device or run.model.device)
-        run = replace(run, model=model)
+        run = replace(run, model=model, data=replace(run.data, encoding=encoding or run.data.encoding))
         work = make_work(run)
         samples = work.read_client(Path(data))
         parts = assemble(run, population=int(config["population"]), work=work)
@@ -70,7 +72,7 @@ class LocalTrainer:
         update = run_task(
             self.parts.adapter, typed, global_vector=global_vector, private_vector=self.private, train_blocks=self.blocks,
             settings=self.run.client, seed=self.run.run.seed, out=out, rank=rank if rank < lora.r else None,
-            encode=self.encode, residual=self.residual, loss_fn=self.parts.work.loss,
+            encode=self.encode, residual=self.residual, loss_fn=self.parts.work.loss, rounds=self.run.federation.rounds,
         )
         metrics = {k: float(v) for k, v in update.metrics.items()}
         return update.vector, update.num_samples, metrics

@@ -14,6 +14,8 @@ class ServiceMetrics:
         self.upload_seconds = Histogram("fedlm_upload_seconds", "Upload handling time, body streaming included",
                                         registry=self.registry,
                                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.auth_refused = Counter("fedlm_auth_refused", "Refused authentications (TLS handshakes, 401, 403) by reason",
+                                    ["reason"], registry=self.registry)
         self.requests = Counter("fedlm_requests", "Requests by route and status", ["route", "status"], registry=self.registry)
         self.round = Gauge("fedlm_round", "The open round (0 when none)", registry=self.registry)
         self.rounds_done = Gauge("fedlm_rounds_done", "Rounds closed", registry=self.registry)

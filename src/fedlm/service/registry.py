@@ -3,13 +3,15 @@
 A new version whose held-out evaluation loss is worse than the production version's by
 more than `registry.canary_margin` is kept (training goes on from it: one noisy round
 must not fork the run) but not promoted; `rollback` points production at any stored
-version. Export writes a version as a PEFT adapter directory that loads as it is.
+version. Export writes a version as a PEFT adapter directory that loads as it is (with a model
+card), or as the base model with the adapter merged in.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +61,58 @@ def version_vector(store: db.Store, blobs: BlobStore, version: int) -> np.ndarra
     return decode_state(blobs.read(sha)).global_vector
 
 
-def export_version(store: db.Store, blobs: BlobStore, run: RunConfig, version: int, directory: Path) -> Path:
-    """Write `version` as a PEFT adapter dir (adapter_config.json + adapter_model.safetensors)."""
+def export_version(
+    store: db.Store, blobs: BlobStore, run: RunConfig, version: int, directory: Path, *, merged: bool = False,
+    overwrite: bool = False, tool_version: str = "",
+) -> Path:
+    """Write `version` as a PEFT adapter dir (adapter_config.json + adapter_model.safetensors + README.md model card),
+    or with `merged` as the base model with the adapter merged in; `directory` is written whole or not at all."""
     from fedlm.assembly import assemble_model
-    from fedlm.models.lora import export_adapter
+    from fedlm.models.card import base_origin, model_card
+    from fedlm.models.lora import export_adapter, save_merged
+    from fedlm.models.output_dir import check_output_dir
 
+    check_output_dir(Path(directory), overwrite=overwrite)  # before the model loads
     vector = version_vector(store, blobs, version)
-    _, _, adapter = assemble_model(run)
+    facts = version_facts(store, run, version)
+    # on the CPU, unquantized: an export needs no accelerator, and merging into 4-bit weights would round them
+    _, base, adapter = assemble_model(replace(run, model=replace(run.model, device="cpu", load_in_4bit=False)))
     if vector.size != adapter.shared_spec.size:
         raise ValueError(f"version {version} holds {vector.size} values; the run config's adapter has {adapter.shared_spec.size}")
-    return export_adapter(adapter, vector, Path(directory))
+    origin = base_origin(run.model.name, base.path)
+    card = model_card(facts, origin, merged=merged, tool_version=tool_version)
+    if not merged:
+        return export_adapter(adapter, vector, Path(directory), base=origin, card=card, overwrite=overwrite)
+    adapter.write_shared(vector)
+    adapter.write_private(adapter.initial_private)
+    return save_merged(adapter.model, base.tokenizer, Path(directory), card=card, overwrite=overwrite)
+
+
+def version_facts(store: db.Store, run: RunConfig, version: int):
+    """What the store knows of `version` as the model card reads a run: settings, rounds, clients, losses, privacy."""
+    from fedlm.config import config_to_dict
+    from fedlm.models.card import RunFacts
+
+    with store.session() as session:
+        row = session.get(db.VersionRow, version)
+        if row is None:
+            raise ValueError(f"no model version {version}; `fedlm models list` shows them")
+        rows = [(v.round, dict(v.metrics)) for v in db.versions(session) if 0 < v.version <= version]
+        contributors = sum(1 for last in db.last_rounds(session).values() if last > 0)
+        metrics, round_done, status = dict(row.metrics), row.round, row.status
+    records = [{"round": r, "accepted": m.get("accepted", 0), "train_loss": m.get("train_loss"),
+                "eval": held_out(m.get("eval_loss"))} for r, m in rows]
+    summary = {"status": f"version {status}", "rounds_done": round_done, "version": version, "population": contributors,
+               "evaluated_on": "the coordinator's held-out text (registry.eval_data)",
+               "final": held_out(metrics.get("eval_loss")),
+               **{k: metrics[k] for k in ("epsilon", "delta", "noise_multiplier") if metrics.get(k) is not None}}
+    return RunFacts(config=config_to_dict(run), summary=summary, records=records)
+
+
+def held_out(loss: float | None) -> dict[str, float]:
+    if loss is None or not math.isfinite(loss):
+        return {}
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
 
 def make_evaluator(parts: Any, eval_data: Path, *, max_sequences: int) -> Evaluator:

@@ -6,6 +6,7 @@ update layout, exports and the canary gate's held-out evaluation; clients load t
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,14 @@ from fedlm.service.blobs import BlobStore
 from fedlm.service.certs import ClientVerifier
 from fedlm.service.coordinator import Coordinator
 from fedlm.service.instance_lock import InstanceLock, hold_instance
+from fedlm.service.limits import describe_limits
 from fedlm.service.registry import make_evaluator
+from fedlm.service.request_guard import RequestLimits
 from fedlm.service.settings import ServiceSettings
 from fedlm.service.store import Store
 from fedlm.service.tls import MutualTlsH11Protocol
+
+log = logging.getLogger("fedlm.service")
 
 
 @dataclass
@@ -44,6 +49,7 @@ def build_runtime(settings: ServiceSettings) -> Runtime:
     from fedlm.assembly import assemble
 
     run = settings.run_config()
+    log.info("%s (server.toml [limits]; see docs/service.md to lift them)", describe_limits(run))
     population = population_of(settings, run)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.database_url)
@@ -63,7 +69,7 @@ def build_runtime(settings: ServiceSettings) -> Runtime:
         crl = settings.path(settings.tls.crl) if settings.tls.crl else None
         verifier = ClientVerifier(settings.path(settings.tls.ca), crl)
         app = create_app(coordinator, verifier, max_upload_bytes=settings.server.max_upload_bytes, population=population,
-                         tick_seconds=settings.server.tick_seconds)
+                         tick_seconds=settings.server.tick_seconds, limits=RequestLimits.of(settings.server))
     except BaseException:
         lock.release()
         store.dispose()

@@ -22,6 +22,7 @@ from fedlm.core.rng import make_rng
 from fedlm.core.types import Task, Update
 from fedlm.updates import wire
 from fedlm.eval.metrics import EvalResult
+from fedlm.eval.sites import pooled, site_summary
 from fedlm.server.rounds import (
     OpenRound,
     abandon_round,
@@ -29,6 +30,8 @@ from fedlm.server.rounds import (
     ServerState,
     accept_update,
     close_round,
+    dominance_warning,
+    weight_share,
     initial_state,
     make_tasks,
     mark_failed,
@@ -52,6 +55,8 @@ class RunResult:
     final_eval: EvalResult
     records: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None  # why the run ended before its last round (privacy budget)
+    base_sites: dict[str, EvalResult] = field(default_factory=dict)  # per_site evaluation: each site's figures
+    final_sites: dict[str, EvalResult] = field(default_factory=dict)
 
 
 def sample_cohort(sim: Simulation, round: int) -> tuple[str, ...]:
@@ -62,10 +67,14 @@ def sample_cohort(sim: Simulation, round: int) -> tuple[str, ...]:
     return sample_fixed(sim.population, fed.clients_per_round, rng)
 
 
-def evaluate_global(sim: Simulation, state: ServerState) -> EvalResult:
+def evaluate_global(sim: Simulation, state: ServerState) -> tuple[EvalResult, dict[str, EvalResult]]:
+    """The global adapter of `state` on the evaluation set: the pooled figures and, per site, each site's."""
     sim.adapter.write_shared(state.global_vector)
     sim.adapter.write_private(sim.adapter.initial_private)
-    return sim.evaluate()
+    if sim.site_sets:
+        sites = sim.evaluate_sites()
+        return pooled(sites) + sim.evaluate_shared(), sites
+    return sim.evaluate(), {}
 
 
 def secure_turn(sim: Simulation, state: ServerState, jobs: list[ClientJob], reporter: Reporter) -> ClientTurn:
@@ -172,7 +181,9 @@ def round_record(rnd: OpenRound, outcome: RoundOutcome, result: EvalResult, seco
         "cohort": len(rnd.cohort),
         "accepted": len(outcome.accepted),
         "failed": len(outcome.failed),
+        "max_client_share": weight_share(rnd),
         "train_loss": train_loss,
+        "train_tokens": int(sum(rnd.metrics[c].get("tokens", 0) for c in outcome.accepted)),
         "eval": result.as_dict(),
         "seconds": round(seconds, 3),
     }
@@ -194,10 +205,10 @@ def simulate(
     initial = initial_state(sim.adapter.initial_shared, sim.pipeline)
     state = start if start is not None else initial
     private = {} if private_state is None else private_state
-    base_eval = evaluate_global(sim, initial)
+    base_eval, base_sites = evaluate_global(sim, initial)
     reporter.evaluated("base", base_eval)
-    final_eval = base_eval if start is None else evaluate_global(sim, state)
-    result = RunResult(state, base_eval, final_eval)
+    final_eval, final_sites = (base_eval, base_sites) if start is None else evaluate_global(sim, state)
+    result = RunResult(state, base_eval, final_eval, base_sites=base_sites, final_sites=final_sites)
     reporter.run_started(sim.config.federation.rounds - state.rounds_done)
     if sim.pipeline.needs_stack:
         log.info("the %s aggregator keeps every update of a round in memory: cohort x %d floats",
@@ -213,11 +224,15 @@ def simulate(
             reporter.round_started(round, len(rnd.cohort))
             recovered = train_cohort(sim, state, rnd, private, reporter, executor)
             state, outcome = close_round(state, rnd) if recovered else abandon_round(state, rnd)
-            evaluation = evaluate_global(sim, state)
+            if (warning := dominance_warning(rnd)) is not None:
+                log.warning(warning)
+            evaluation, sites = evaluate_global(sim, state)
             record = round_record(rnd, outcome, evaluation, time.perf_counter() - started, state.global_vector.size)
+            if sites:
+                record["sites"] = site_summary(sites)
             record.update(traffic(rnd, outcome, state.global_vector.size, sim.full_model_bytes))
             record.update(privacy_fields(sim, state))
-            result.state, result.final_eval = state, evaluation
+            result.state, result.final_eval, result.final_sites = state, evaluation, sites
             result.records.append(record)
             reporter.round_done(record)
             if on_record is not None:

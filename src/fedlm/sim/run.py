@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from fedlm.config import RunConfig, load_config
+from fedlm.config import RunConfig, config_to_dict, load_config
+from fedlm.models.card import RunFacts, base_origin, model_card
+from fedlm.eval.sites import site_summary
 from fedlm.models.lora import export_adapter
 from fedlm.server.rounds import ServerState, initial_state
 from fedlm.sim.checkpoint import checkpoint_meta, load_checkpoint_full, save_checkpoint
@@ -45,6 +47,8 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         "dataset": sim.dataset.name,
         "population": len(sim.population),
         "eval_clients": len(sim.eval_clients),
+        "data_files": sim.data_files,  # data.source = "folder": clients, files read, bytes, samples, skipped, refused
+        "eval_mode": sim.eval_mode,  # held_out (clients kept for evaluation) or per_site (each site's own split)
         "seed": sim.config.run.seed,
         "rounds_done": state.rounds_done,
         "version": state.version,
@@ -63,6 +67,9 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
     if result is not None:
         summary["base"] = result.base_eval.as_dict()
         summary["final"] = result.final_eval.as_dict()
+        if result.final_sites:
+            summary["base_sites"] = site_summary(result.base_sites)
+            summary["final_sites"] = site_summary(result.final_sites)
         if result.stop_reason:
             summary["stop_reason"] = result.stop_reason
     return summary
@@ -73,6 +80,11 @@ def check_resume_config(saved: RunConfig, config: RunConfig) -> None:
     if run_identity(config) != run_identity(saved):
         raise ValueError("--resume may change federation.rounds and how the run executes ([simulation], model.device, "
                          "model.threads, model.gradient_checkpointing); every other setting must match the run's config.toml")
+    if config.federation.rounds != saved.federation.rounds and saved.client.lr_schedule != "constant":
+        raise ValueError(f"--resume cannot change federation.rounds ({saved.federation.rounds} -> "
+                         f"{config.federation.rounds}) under client.lr_schedule = {saved.client.lr_schedule!r}: the "
+                         "learning rate decays over the planned rounds, so the rounds already run would not belong "
+                         "to the new schedule. Start a new run for a longer schedule")
 
 
 def check_checkpoint_owner(out: Path, config: RunConfig) -> None:
@@ -146,9 +158,11 @@ def run_simulation(
         raise
     finally:
         state = result.state if result is not None else last["state"]
-        export_adapter(sim.adapter, state.global_vector, out / ADAPTER_DIR)
         summary = build_summary(sim, result, state, status, time.perf_counter() - started)
         if result is None and last["eval"] is not None:
             summary["final"] = last["eval"]["eval"]
+        base = base_origin(sim.config.model.name, sim.base.path)  # the base model named in the adapter and its card
+        facts = RunFacts(config_to_dict(sim.config), summary, read_metrics(out) if (out / METRICS_FILE).is_file() else [])
+        export_adapter(sim.adapter, state.global_vector, out / ADAPTER_DIR, base=base, card=model_card(facts, base))
         write_summary(out, summary)
     return summary

@@ -30,7 +30,7 @@ def make_lora_trainer(sim: Simulation, on_step: StepCallback | None = None) -> T
             sim.adapter, task, global_vector=global_vector, private_vector=job.private,
             train_blocks=sim.train_blocks(task.client_id), settings=settings, seed=seed, out=out,
             on_step=on_step, rank=rank if rank < lora.r else None, encode=encode, residual=job.residual,
-            loss_fn=sim.work.loss,
+            loss_fn=sim.work.loss, rounds=sim.config.federation.rounds,
         )
 
     return train
@@ -57,7 +57,7 @@ class LoraTrainerFactory:
         config = self.config
         if threads and not config.model.threads:
             config = replace(config, model=replace(config.model, threads=threads))
-        return make_lora_trainer(prepare(config, encode_all=False))  # the main process checked and counted every client
+        return make_lora_trainer(prepare(config, encode_all=False, report=False))  # the main process checked and counted every client
 
 
 def make_sim_executor(sim: Simulation, reporter: Reporter) -> Executor:

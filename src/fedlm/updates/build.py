@@ -107,5 +107,6 @@ def build_pipeline(
     steps += unmask
     steps += server_dp
     return make_pipeline(
-        tuple(steps), make_server_optimizer(strategy), weighting=strategy.weighting, spec=spec, privacy=privacy
+        tuple(steps), make_server_optimizer(strategy), weighting=strategy.weighting, spec=spec, privacy=privacy,
+        max_weight=strategy.max_client_weight,
     )

@@ -17,6 +17,7 @@ in by declaring their stage.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from fedlm.aggregation.mean import WEIGHTINGS
@@ -74,6 +75,7 @@ class Pipeline:
     weighting: str = "samples"
     spec: Spec | None = None  # the update's layout; the svd aggregator needs it to find LoRA pairs
     privacy: PrivacyPlan | None = None  # user-level DP: the round's event, budget, adaptive clipping
+    max_weight: float = 0.0  # samples weighting: a client's weight is min(its samples, this); 0 = no cap
 
     @property
     def client_steps(self) -> tuple[Step, ...]:
@@ -170,10 +172,13 @@ def make_pipeline(
     weighting: str = "samples",
     spec: Spec | None = None,
     privacy: PrivacyPlan | None = None,
+    max_weight: float = 0.0,
 ) -> Pipeline:
     """A checked pipeline; raises PipelineError naming the clashing parts."""
     if weighting not in WEIGHTINGS:
         raise PipelineError(f"unknown weighting {weighting!r}; known: {WEIGHTINGS}")
+    if not (max_weight >= 0 and math.isfinite(max_weight)):
+        raise PipelineError(f"the client weight cap must be a finite number >= 0 (0 = no cap), not {max_weight!r}")
     check_chain(steps, optimizer)
     if any(s.stage == Stage.MASK for s in steps) and weighting != "uniform":
         raise PipelineError(f"secure aggregation needs uniform weighting, not {weighting!r}: "
@@ -183,7 +188,7 @@ def make_pipeline(
                             "a sample-weighted sum has no fixed sensitivity")
     if any(s.name == "lora_svd" for s in steps) and spec is None:
         raise PipelineError("the lora_svd aggregator needs the update's spec")
-    return Pipeline(steps, optimizer, weighting, spec, privacy)
+    return Pipeline(steps, optimizer, weighting, spec, privacy, max_weight if weighting == "samples" else 0.0)
 
 
 def fedavg_pipeline(*, server_lr: float = 1.0, weighting: str = "samples") -> Pipeline:

@@ -2,9 +2,11 @@
 
 The language-modelling objective of GPT-2 pretraining on each client's own text: samples
 are tokenized, joined with the end-of-text token and cut into blocks of data.seq_len
-(fedlm.data.blocks.pack_texts), so no compute goes to padding. Evaluation is held-out
-perplexity, plus multiple-choice questions from a JSONL file when `eval.multiple_choice`
-names one (a question is read as its text and a new line; each option follows it).
+(fedlm.data.blocks.pack_texts, which streams: a large client is tokenized a chunk at a time
+and its tokens kept compact), so no compute goes to padding. Folders are read in
+data.encoding (fedlm.data.folders). Evaluation is held-out perplexity, plus multiple-choice
+questions from a JSONL file when `eval.multiple_choice` names one (a question is read as its
+text and a new line; each option follows it).
 """
 
 from __future__ import annotations
@@ -47,24 +49,26 @@ class CausalLmWork:
     def load_folder(self, path: Path, *, test_fraction: float, seed: int) -> FederatedDataset:
         from fedlm.data.folders import load_folder
 
-        return load_folder(Path(path), test_fraction=test_fraction, seed=seed)
+        return load_folder(Path(path), test_fraction=test_fraction, seed=seed, encoding=self.config.data.encoding)
 
     def read_client(self, path: Path) -> list[Sample]:
-        from fedlm.data.folders import load_folder, read_txt_client
+        from fedlm.data.folders import read_client_samples
 
-        path = Path(path)
-        if any(path.glob("*.txt")):
-            return list(read_txt_client(path))
-        return [text for client in load_folder(path).clients for text in client.train]
+        return list(read_client_samples(Path(path), encoding=self.config.data.encoding))
 
     def encode(self, tokenizer: Any, samples: Sequence[Sample]) -> Encoded:
         texts = check_texts(samples, self.kind)
         return Encoded(pack_texts(tokenizer, texts, self.config.data.seq_len), len(texts))
 
     def make_eval_set(self, tokenizer: Any, samples: Mapping[str, Sequence[Sample]], *, max_sequences: int) -> EvalSet:
-        seq_len = self.config.data.seq_len
-        parts = [pack_texts(tokenizer, check_texts(samples[c], self.kind), seq_len) for c in samples]
-        return EvalSet(concat_blocks(parts, seq_len).head(max_sequences), self.questions(tokenizer, samples))
+        """The first `max_sequences` blocks of the clients' packed samples, in client order (packing stops there)."""
+        seq_len, parts, left = self.config.data.seq_len, [], max(max_sequences, 0)
+        for client in samples:
+            texts = check_texts(samples[client], self.kind)
+            if left:
+                parts.append(pack_texts(tokenizer, texts, seq_len, max_blocks=left))
+                left -= len(parts[-1])
+        return EvalSet(concat_blocks(parts, seq_len), self.questions(tokenizer, samples))
 
     def questions(self, tokenizer: Any, samples: Mapping[str, Sequence[Sample]]) -> tuple[ChoiceQuestion, ...]:
         """The questions of eval.multiple_choice's JSONL file; plain text has no built-in task."""

@@ -83,12 +83,13 @@ class InstructionWork:
     def load_folder(self, path: Path, *, test_fraction: float, seed: int) -> FederatedDataset:
         from fedlm.data.instructions import load_instruction_folder
 
-        return load_instruction_folder(Path(path), test_fraction=test_fraction, seed=seed)
+        return load_instruction_folder(Path(path), test_fraction=test_fraction, seed=seed,
+                                       encoding=self.config.data.encoding)
 
     def read_client(self, path: Path) -> list[Sample]:
         from fedlm.data.instructions import read_instruction_client
 
-        return list(read_instruction_client(Path(path)))
+        return list(read_instruction_client(Path(path), encoding=self.config.data.encoding))
 
     def encode(self, tokenizer: Any, samples: Sequence[Sample]) -> Encoded:
         data = self.config.data
