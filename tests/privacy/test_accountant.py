@@ -19,6 +19,7 @@ from fedlm.privacy.accountant import (
     effective_noise_multiplier,
     epsilon,
     epsilon_of,
+    epsilon_without_sampling,
     gaussian_round_event,
     make_accountant,
     poisson_rounds_event,
@@ -283,3 +284,25 @@ def test_noise_pair_rejects_bad_values(bad: float):
             call(bad, 10.0)
         with pytest.raises(ValueError, match=names[1]):
             call(1.0, bad)
+
+
+def _gaussian_dp_epsilon(mu: float, delta: float) -> float:
+    """epsilon of mu-GDP at delta (Dong, Roth, Su 2019): delta = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)."""
+    def gap(eps: float) -> float:
+        return stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2) - delta
+    return optimize.brentq(gap, 0.0, 200.0, xtol=1e-12)
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_epsilon_without_sampling_is_t_plain_gaussians_whatever_the_sampling(sampling: str):
+    # Prepare: 5 rounds at z = 2, sampled either way; without the sampling credit each is a Gaussian of
+    # multiplier 2 on add/remove-one neighbours, so the 5 compose to mu = sqrt(5) / 2 Gaussian DP.
+    z, rounds = 2.0, 5
+    event = _poisson(z, 0.1) if sampling == "poisson" else _fixed(z, 100, 10)
+    # Execute
+    eps = epsilon_without_sampling([event] * rounds, delta=DELTA, accountant="pld")
+    # Assert: the closed form, to PLD's discretisation; and more than the sampled figure
+    assert eps == pytest.approx(_gaussian_dp_epsilon(math.sqrt(rounds) / z, DELTA), abs=2e-3)
+    assert eps > epsilon_of([event] * rounds, delta=DELTA, accountant="rdp" if sampling == "fixed" else "pld")
+    with pytest.raises(ValueError, match="not a sampled Gaussian round"):
+        epsilon_without_sampling([dp_accounting.GaussianDpEvent(z)], delta=DELTA)

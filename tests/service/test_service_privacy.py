@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import dp_accounting
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -138,6 +139,12 @@ def assert_ledger_and_epsilon(coordinator: Coordinator, status: dict, clients: i
     assert status["privacy"]["epsilon"] == pytest.approx(expected[-1], rel=1e-9)
     assert status["privacy"]["delta"] == pytest.approx(DELTA)
     assert status["privacy"]["accounted_through_round"] == rounds
+    # the bound without sampling: every round a plain Gaussian of multiplier Z under add/remove-one neighbours
+    unsampled = epsilon_of([dp_accounting.GaussianDpEvent(Z)] * rounds, delta=DELTA)
+    assert status["privacy"]["epsilon_without_sampling"] == pytest.approx(unsampled, rel=1e-9)
+    assert versions[rounds]["epsilon_without_sampling"] == pytest.approx(unsampled, rel=1e-9)
+    assert unsampled > expected[-1]  # sampling's credit is what the assumption buys
+    assert "uniform random sample" in status["privacy"]["sampling_assumption"]
 
 
 def assert_noise_landed(coordinator: Coordinator, names, denominator: int) -> None:

@@ -147,6 +147,26 @@ def epsilon_of(events: Sequence[dp_accounting.DpEvent], *, delta: float, account
         return float(privacy.compose(composed).get_epsilon(delta))
 
 
+def unsampled(event: dp_accounting.DpEvent) -> dp_accounting.GaussianDpEvent:
+    """A recorded round's Gaussian release as if the client surely took part (add/remove-one neighbours).
+
+    Sampling amplifies privacy only if the cohort really is a uniform sample; without that
+    assumption a client may take part in every round, and each round is a Gaussian mechanism of
+    noise multiplier z on a sum it moves by at most the clip norm. A fixed-size round is stored
+    under replace-one neighbours with z / 2 (see gaussian_round_event), so its z is twice that.
+    """
+    if isinstance(event, dp_accounting.PoissonSampledDpEvent) and isinstance(event.event, dp_accounting.GaussianDpEvent):
+        return event.event
+    if isinstance(event, dp_accounting.SampledWithoutReplacementDpEvent) and isinstance(event.event, dp_accounting.GaussianDpEvent):
+        return dp_accounting.GaussianDpEvent(2 * event.event.noise_multiplier)
+    raise ValueError(f"not a sampled Gaussian round: {event}")
+
+
+def epsilon_without_sampling(events: Sequence[dp_accounting.DpEvent], *, delta: float, accountant: str = "rdp") -> float:
+    """epsilon at `delta` of the recorded rounds with no credit for sampling: it holds however cohorts were chosen."""
+    return epsilon_of([unsampled(event) for event in events], delta=delta, accountant=accountant)
+
+
 def epsilon(
     *, noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str = "rdp"
 ) -> float:

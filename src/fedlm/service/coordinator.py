@@ -14,6 +14,7 @@ to the protocol's server state machine (service.secure_stages); `collect` is the
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import numpy as np
 
 from fedlm.config import RunConfig
 from fedlm.core.types import Update
+from fedlm.privacy.accountant import epsilon_without_sampling
 from fedlm.server.rounds import (
     OpenRound, ServerState, UpdateRejected, accept_update, check_update, close_round, dominance_warning, initial_state,
     mark_failed, open_round, weight_share,
@@ -33,7 +35,7 @@ from fedlm.service.blobs import BlobStore, Staged
 from fedlm.service.errors import Refused
 from fedlm.service.blobs import CorruptBlob
 from fedlm.service.payloads import MalformedUpdate, decode_state, encode_state, read_masked, read_update
-from fedlm.service.privacy_budget import budget_stop, privacy_fields
+from fedlm.service.privacy_budget import SAMPLING_ASSUMPTION, budget_stop, privacy_fields
 from fedlm.service.registry import Evaluator, should_promote
 from fedlm.service.scheduling import Traits, ineligibility, invited_count, select_cohort
 from fedlm.service.secagg_codec import parameters_answer
@@ -79,6 +81,7 @@ class Coordinator(SecureStages):
         # dp-accounting takes ~0.15 s per epsilon (fixed-size sampling): the budget verdict is kept per
         # (ledger length, rounds done), not recomputed on every poll
         self._budget_memo: tuple[tuple[int, int], str | None] = ((-1, -1), None)
+        self._unsampled_memo: tuple[int, float | None] = (-1, None)
         self.state, self.rnd, self.round_row = self._recover(initial_global)
         if self._failed_on_replay is not None:  # a logged stage closing failed: the round ends as it would have
             with self.lock:
@@ -190,9 +193,20 @@ class Coordinator(SecureStages):
         with self.store.session() as session:
             row = db.latest_ledger_row(session)
             epsilon, rounds = (0.0, 0) if row is None else (row.epsilon, row.round)
-        return {"epsilon": epsilon if epsilon >= 0 else None, "delta": plan.delta, "accounted_through_round": rounds,
+        without = self._epsilon_without_sampling(plan)
+        return {"epsilon": epsilon if epsilon >= 0 else None, "epsilon_without_sampling": without,
+                "sampling_assumption": SAMPLING_ASSUMPTION, "delta": plan.delta, "accounted_through_round": rounds,
                 "noise_multiplier": plan.noise_multiplier, "placement": plan.placement,
                 "target_epsilon": plan.target_epsilon or None, "stop_reason": self.budget_stop_reason()}
+
+    def _epsilon_without_sampling(self, plan: Any) -> float | None:
+        """The bound that assumes nothing about cohort selection, kept per ledger length (accounting costs ~0.1 s)."""
+        key = len(self.state.ledger.entries)
+        if self._unsampled_memo[0] != key:
+            events = [entry.event for entry in self.state.ledger.entries]
+            value = epsilon_without_sampling(events, delta=plan.delta, accountant=plan.accountant)
+            self._unsampled_memo = (key, value if math.isfinite(value) else None)
+        return self._unsampled_memo[1]
 
     def global_sha(self, version: int) -> str:
         with self.store.session() as session:

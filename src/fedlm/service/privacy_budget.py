@@ -12,17 +12,30 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from fedlm.privacy.accountant import epsilon_without_sampling
 from fedlm.privacy.ledger import PrivacyLedger
 from fedlm.privacy.plan import PrivacyPlan
 
 
+# What the reported epsilon assumes about the service's cohorts, which it cannot make true by itself.
+SAMPLING_ASSUMPTION = (
+    "epsilon assumes every round's cohort is a uniform random sample of scheduling.population clients "
+    "(federation.sampling); the coordinator invites the available eligible clients that contributed least "
+    "recently, so it holds only as far as that is true. epsilon_without_sampling assumes nothing about who "
+    "is chosen: it is the bound if one client took part in every round")
+
+
 def privacy_fields(plan: PrivacyPlan | None, ledger: PrivacyLedger) -> dict[str, Any]:
-    """epsilon (None if unbounded), delta and noise multiplier after the ledger's rounds; {} without DP."""
+    """epsilon (None if unbounded) with its sampling assumption, the bound without it, delta and noise multiplier
+    after the ledger's rounds; {} without DP."""
     if plan is None:
         return {}
     epsilon = plan.epsilon(ledger)
-    return {"epsilon": epsilon if math.isfinite(epsilon) else None, "delta": plan.delta,
-            "noise_multiplier": plan.noise_multiplier}
+    events = [entry.event for entry in ledger.entries]
+    unsampled = epsilon_without_sampling(events, delta=plan.delta, accountant=plan.accountant)
+    return {"epsilon": epsilon if math.isfinite(epsilon) else None,
+            "epsilon_without_sampling": unsampled if math.isfinite(unsampled) else None,
+            "delta": plan.delta, "noise_multiplier": plan.noise_multiplier}
 
 
 def survivors_guard(plan: PrivacyPlan | None, ledger: PrivacyLedger) -> Callable[[int], str | None]:
