@@ -98,7 +98,7 @@ def test_a_record_in_no_known_format_stops_the_run_naming_file_and_line(tmp_path
                                  "-q", "--set", "task.kind=instruction", "--set", "eval.clients=2"])
     # Assert: refused before any model loads, and nothing written.
     assert result.exit_code == 2
-    assert "site0.jsonl, line 3" in result.output.replace("\n", "")
+    assert "site0.jsonl, line 3" in " ".join(result.output.split())  # rich wraps long lines at spaces
     assert not (tmp_path / "run").exists()
 
 
