@@ -255,6 +255,7 @@ class SimulationSettings:
     executor: str = "serial"  # "serial" (one process, nothing copied), "processes" (a local pool) or "ray" (Ray actors)
     workers: int = 0  # processes / ray: workers, each holding its own model; 0 = one per CPU core
     address: str = ""  # ray: "" starts a local Ray; "auto" or "ray://host:10001" joins a running cluster
+    client_timeout_seconds: float = 0.0  # processes / ray: a client still training after this fails and its worker is replaced; 0 = none
 
     def __post_init__(self) -> None:
         require(self.executor in EXECUTORS, "simulation.executor", f"must be one of {EXECUTORS}")
@@ -262,6 +263,9 @@ class SimulationSettings:
         require(self.executor != "serial" or self.workers <= 1, "simulation.workers",
                  "needs simulation.executor = 'processes' or 'ray': the serial executor runs one client at a time")
         require(not self.address or self.executor == "ray", "simulation.address", "applies to simulation.executor = 'ray' only")
+        require(0 <= self.client_timeout_seconds < math.inf, "simulation.client_timeout_seconds", "must be a finite number >= 0 (0 = none)")
+        require(self.client_timeout_seconds == 0 or self.executor != "serial", "simulation.client_timeout_seconds",
+                "needs simulation.executor = 'processes' or 'ray': the serial executor trains in this process and cannot stop a client")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ cohort order whatever order workers finish in, and turns a worker's death into a
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,45 @@ def test_a_worker_that_dies_mid_round_is_that_clients_dropout_and_the_pool_goes_
     np.testing.assert_allclose(state.global_vector, start + 2, rtol=0, atol=1e-3)
 
 
+@dataclass(frozen=True)
+class HangingFactory:
+    """The constant workload, except that the client `stuck` never finishes (a hang, not a death)."""
+
+    stuck: str
+    preload: tuple[str, ...] = ()
+
+    def __call__(self, threads: int):
+        train = make_constant_trainer(bench_pipeline(1000), 1.0)
+
+        def train_or_hang(job: ClientJob, global_vector: np.ndarray, out: np.ndarray) -> Update:
+            if job.task.client_id == self.stuck:
+                time.sleep(3600)
+            return train(job, global_vector, out)
+
+        return train_or_hang
+
+
+def test_a_client_that_hangs_fails_at_the_timeout_and_the_round_goes_on():
+    # Prepare: six clients on two workers, c2 hangs; the timeout is 1.5 s
+    cohort = tuple(f"c{i}" for i in range(6))
+    start = np.zeros(1000, np.float32)
+    state = initial_state(start, bench_pipeline(1000))
+    executor = ProcessExecutor(HangingFactory(stuck="c2"), workers=2, size=1000, client_timeout=1.5)
+    try:
+        # Execute
+        began = time.monotonic()
+        state, outcome = play_round(state, cohort, executor)
+        seconds = time.monotonic() - began
+        workers = executor.worker_count()
+        state, again = play_round(state, ("c0", "c1"), executor)  # the replacement worker trains
+    finally:
+        executor.close()
+    # Assert: c2 failed at its deadline, the five others were folded (+1 each), the pool is whole
+    assert outcome.failed == ("c2",) and outcome.accepted == ("c0", "c1", "c3", "c4", "c5")
+    assert 1.5 <= seconds < 30 and workers == 2 and again.accepted == ("c0", "c1")
+    np.testing.assert_allclose(state.global_vector, start + 2, rtol=0, atol=1e-3)
+
+
 def test_an_exception_in_a_worker_stops_the_run_naming_the_client():
     # Prepare
     state = initial_state(np.zeros(1000, np.float32), bench_pipeline(1000))
@@ -166,6 +206,8 @@ def test_results_are_delivered_in_cohort_order_within_the_window():
     ({"executor": "processes", "workers": -1}, "simulation.workers"),
     ({"workers": 4}, "simulation.workers"),  # serial runs one client at a time
     ({"executor": "processes", "address": "auto"}, "simulation.address"),
+    ({"client_timeout_seconds": 5.0}, "simulation.client_timeout_seconds"),  # serial cannot stop a client
+    ({"executor": "processes", "client_timeout_seconds": -1.0}, "simulation.client_timeout_seconds"),
 ])
 def test_bad_simulation_settings_are_refused_naming_the_key(settings, key):
     with pytest.raises(ConfigError, match=key):

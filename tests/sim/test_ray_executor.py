@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,47 @@ def test_an_actor_that_dies_mid_round_is_that_clients_dropout(local_ray):
     # Assert: c3 failed, the five others (+1 each) were folded, and the dead actor was replaced
     assert outcome.failed == ("c3",) and outcome.accepted == ("c0", "c1", "c2", "c4", "c5")
     assert workers == 1
+    np.testing.assert_allclose(state.global_vector, 1.0, atol=1e-6)
+
+
+@dataclass(frozen=True)
+class HangingFactory:
+    """The constant workload, except that the client `stuck` never finishes (a hang, not a death)."""
+
+    stuck: str
+    preload: tuple[str, ...] = ()
+
+    def __call__(self, threads: int):
+        train = make_constant_trainer(bench_pipeline(1000), 1.0)
+
+        def train_or_hang(job, global_vector, out):
+            if job.task.client_id == self.stuck:
+                time.sleep(3600)
+            return train(job, global_vector, out)
+
+        return train_or_hang
+
+
+def test_an_actor_that_hangs_fails_its_client_at_the_timeout(local_ray):
+    from fedlm.sim.ray_executor import RayExecutor
+
+    # Prepare: one actor; c1 hangs; the timeout is 2 s
+    pipeline = bench_pipeline(1000)
+    state = initial_state(np.zeros(1000, np.float32), pipeline)
+    executor = RayExecutor(HangingFactory(stuck="c1"), workers=1, client_timeout=2.0)
+    try:
+        rnd = open_round(state, ("c0", "c1", "c2"), pipeline)
+        # Execute
+        began = time.monotonic()
+        fold_cohort(rnd, state.global_vector, make_jobs(make_tasks(rnd), {}, NO_PRIVATE), executor)
+        seconds = time.monotonic() - began
+        workers = executor.worker_count()
+    finally:
+        executor.close()
+    state, outcome = close_round(state, rnd)
+    # Assert: c1 failed at its deadline; the replacement actor trained c2
+    assert outcome.failed == ("c1",) and outcome.accepted == ("c0", "c2")
+    assert 2.0 <= seconds < 60 and workers == 1
     np.testing.assert_allclose(state.global_vector, 1.0, atol=1e-6)
 
 

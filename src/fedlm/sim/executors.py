@@ -22,9 +22,11 @@ def make_executor(
     if settings.executor == "processes":
         from fedlm.sim.workers import ProcessExecutor
 
-        return ProcessExecutor(factory, workers=settings.workers or cpu_count(), size=size)
+        return ProcessExecutor(factory, workers=settings.workers or cpu_count(), size=size,
+                               client_timeout=settings.client_timeout_seconds)
     if settings.executor == "ray":
         from fedlm.sim.ray_executor import RayExecutor
 
-        return RayExecutor(factory, workers=settings.workers, address=settings.address)
+        return RayExecutor(factory, workers=settings.workers, address=settings.address,
+                           client_timeout=settings.client_timeout_seconds)
     raise ValueError(f"unknown simulation.executor {settings.executor!r}")

@@ -8,12 +8,14 @@ optional extra: `pip install 'fedlm[ray]'`.
 
 The global vector is put in the object store once a round; each actor copies it once.
 Results are folded in cohort order (see sim.dispatch). An actor that dies is reported as
-its client's failure and replaced.
+its client's failure and replaced, and so is one still training `client_timeout` seconds
+after it started a client (a hang): it is killed, so it never holds the round past that.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -68,8 +70,10 @@ class ClientActor:
 class RayExecutor:
     """`workers` actors (0: one per CPU of the cluster), each reserving one CPU."""
 
-    def __init__(self, factory: TrainerFactory, *, workers: int, address: str = "") -> None:
+    def __init__(self, factory: TrainerFactory, *, workers: int, address: str = "", client_timeout: float = 0.0) -> None:
         self.ray = import_ray()
+        self.client_timeout = client_timeout  # seconds; 0 = a client may train for as long as it takes
+        self.started_at: dict[Any, float] = {}  # result ref -> time.monotonic() when its client started
         self.factory, self.actor_class = factory, self.ray.remote(num_cpus=1)(ClientActor)
         self.actors: dict[Any, Any] = {}  # actor -> readiness ref while it starts, else None
         self.inflight: dict[Any, tuple[Any, int]] = {}  # result ref -> (actor, position)
@@ -124,17 +128,40 @@ class RayExecutor:
     def submit(self, position: int, job: ClientJob, slot: int) -> None:
         busy = self.busy()
         actor = next(a for a, ready in self.actors.items() if ready is None and a not in busy)
-        self.inflight[actor.train.remote(job, [self.global_ref])] = (actor, position)
+        ref = actor.train.remote(job, [self.global_ref])
+        self.inflight[ref], self.started_at[ref] = (actor, position), time.monotonic()
 
     def wait(self) -> list[Finished]:
         starting = {ready: actor for actor, ready in self.actors.items() if ready is not None}
-        done, _ = self.ray.wait([*self.inflight, *starting], num_returns=1)
-        finished = []
+        done, _ = self.ray.wait([*self.inflight, *starting], num_returns=1, timeout=self.time_left())
+        finished = self.stop_overdue(set(done))
         for ref in done:
             if ref in starting:
                 self.started(starting[ref], ref)
             else:
                 finished.append(self.collect(ref))
+        return finished
+
+    def time_left(self) -> float | None:
+        """Seconds until the earliest in-flight client is overdue (None: no deadline)."""
+        if not self.client_timeout or not self.started_at:
+            return None
+        return max(0.0, min(self.started_at.values()) + self.client_timeout - time.monotonic())
+
+    def stop_overdue(self, done: set) -> list[Finished]:
+        """Kill every actor whose client has trained past client_timeout (and has not just finished)."""
+        if not self.client_timeout:
+            return []
+        now, finished = time.monotonic(), []
+        for ref in [r for r, t in self.started_at.items() if now - t >= self.client_timeout and r not in done]:
+            actor, position = self.inflight.pop(ref)
+            del self.started_at[ref]
+            self.ray.kill(actor)
+            del self.actors[actor]
+            self.pids.pop(actor, None)
+            self.start_actor()
+            finished.append(Finished(position, None, f"still training after simulation.client_timeout_seconds = "
+                                                     f"{self.client_timeout:g}; its Ray actor was stopped and replaced"))
         return finished
 
     def started(self, actor: Any, ready: Any) -> None:
@@ -146,6 +173,7 @@ class RayExecutor:
 
     def collect(self, ref: Any) -> Finished:
         actor, position = self.inflight.pop(ref)
+        self.started_at.pop(ref, None)
         job = self.jobs[position]
         try:
             update, private, residual = self.ray.get(ref)
@@ -171,6 +199,6 @@ class RayExecutor:
     def close(self) -> None:
         for actor in list(self.actors):
             self.ray.kill(actor)
-        self.actors, self.inflight = {}, {}
+        self.actors, self.inflight, self.started_at = {}, {}, {}
         if self.owns_ray and self.ray.is_initialized():
             self.ray.shutdown()

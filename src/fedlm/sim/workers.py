@@ -9,7 +9,9 @@ that has imported the trainer's modules once, so a worker (or a replacement for 
 died) starts without importing torch again.
 
 A worker that dies mid-client (killed, out of memory, a crash in native code) is reported
-as that client's failure and replaced; the round goes on. An exception raised by the
+as that client's failure and replaced; the round goes on. So is one still training
+`client_timeout` seconds after it started a client (a hang, not a death): it is killed, so
+a hanging client never holds the round past that deadline. An exception raised by the
 trainer is a bug or bad data, not a dropout: it stops the run, as it would in process.
 """
 
@@ -19,6 +21,7 @@ import mmap
 import multiprocessing
 import os
 import tempfile
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -100,15 +103,18 @@ class Worker:
     conn: Connection
     busy: int | None = None  # the cohort position it is training
     ready: bool = False
+    started: float = 0.0  # time.monotonic() when it took its client
 
 
 class ProcessExecutor:
     """A local pool of `workers` processes; `window` output slots (default 2 per worker)."""
 
-    def __init__(self, factory: TrainerFactory, *, workers: int, size: int, window: int = 0) -> None:
+    def __init__(self, factory: TrainerFactory, *, workers: int, size: int, window: int = 0,
+                 client_timeout: float = 0.0) -> None:
         if workers < 1:
             raise ValueError("the process pool needs at least one worker")
         self.factory, self.size, self.window = factory, size, window or 2 * workers
+        self.client_timeout = client_timeout  # seconds; 0 = a client may train for as long as it takes
         self.threads = worker_threads(workers)
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["fedlm.sim.workers", *factory.preload])
@@ -144,14 +150,14 @@ class ProcessExecutor:
 
     def submit(self, position: int, job: ClientJob, slot: int) -> None:
         worker = next(w for w in self.pool if w.ready and w.busy is None)
-        worker.busy = position
+        worker.busy, worker.started = position, time.monotonic()
         worker.conn.send((position, slot, job))
 
     def wait(self) -> list[Finished]:
         """Block until a worker answers or dies; a dead worker's client fails and a new worker starts."""
         waiting = {w.conn: w for w in self.pool if w.busy is not None or not w.ready}
         finished = []
-        for conn in wait(list(waiting)):
+        for conn in wait(list(waiting), timeout=self.time_left()):
             worker = waiting[conn]
             try:
                 message = conn.recv()
@@ -159,6 +165,29 @@ class ProcessExecutor:
                 finished += self.replace_dead(worker)
                 continue
             finished += self.receive(worker, message)
+        return finished + self.stop_overdue()
+
+    def time_left(self) -> float | None:
+        """Seconds until the earliest busy worker's client is overdue (None: no deadline)."""
+        if not self.client_timeout:
+            return None
+        started = [w.started for w in self.pool if w.busy is not None]
+        return max(0.0, min(started) + self.client_timeout - time.monotonic()) if started else None
+
+    def stop_overdue(self) -> list[Finished]:
+        """Kill every worker whose client has trained past client_timeout; each client fails, a new worker starts."""
+        if not self.client_timeout:
+            return []
+        now, finished = time.monotonic(), []
+        for worker in [w for w in self.pool if w.busy is not None and now - w.started >= self.client_timeout]:
+            worker.process.kill()
+            worker.process.join()
+            self.pool.remove(worker)
+            worker.conn.close()
+            self.pool.append(self.start_worker())
+            reason = (f"still training after simulation.client_timeout_seconds = {self.client_timeout:g}; "
+                      f"worker process {worker.process.pid} was stopped and replaced")
+            finished.append(Finished(worker.busy, None, reason))
         return finished
 
     def receive(self, worker: Worker, message: tuple) -> list[Finished]:
