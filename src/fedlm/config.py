@@ -29,6 +29,10 @@ LORA_AGGREGATIONS = ("fedit", "ffa", "svd")
 EXECUTORS = ("serial", "processes", "ray")
 OVERLONG = ("truncate", "drop")
 EVAL_MODES = ("auto", "held_out", "per_site")  # how a run is evaluated; see fedlm.sim.setup.pick_eval_mode
+# PII redacted before tokenization (fedlm.data.redaction), in the order in which they claim text
+REDACTION_ENTITIES = ("EMAIL", "IBAN", "US_SSN", "NATIONAL_ID", "CREDIT_CARD", "IP_ADDRESS", "DATE_OF_BIRTH", "DATE",
+                      "RECORD_ID", "PHONE", "PERSON")
+PLACEHOLDER_STYLES = ("type", "redacted")  # "<EMAIL>" or "<REDACTED>"
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,21 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class RedactionSettings:
+    enabled: str = "auto"  # "auto" (on for data.source = "folder", off for the embedded plays), "on" or "off"
+    entities: tuple[str, ...] = REDACTION_ENTITIES  # PII types replaced before tokenization (fedlm.data.redaction)
+    placeholder: str = "type"  # "type": a value becomes its type ("<EMAIL>"); "redacted": every value becomes "<REDACTED>"
+
+    def __post_init__(self) -> None:
+        require(self.enabled in ("auto", "on", "off"), "redaction.enabled", "must be 'auto', 'on' or 'off'")
+        unknown = [e for e in self.entities if e not in REDACTION_ENTITIES]
+        require(not unknown, "redaction.entities", f"unknown {unknown}; known: {', '.join(REDACTION_ENTITIES)}")
+        require(len(self.entities) > 0 or self.enabled != "on", "redaction.entities",
+                "must name at least one type with redaction.enabled = 'on'")
+        require(self.placeholder in PLACEHOLDER_STYLES, "redaction.placeholder", f"must be one of {PLACEHOLDER_STYLES}")
+
+
+@dataclass(frozen=True)
 class SimulationSettings:
     executor: str = "serial"  # "serial" (one process, nothing copied), "processes" (a local pool) or "ray" (Ray actors)
     workers: int = 0  # processes / ray: workers, each holding its own model; 0 = one per CPU core
@@ -283,6 +302,7 @@ class RunConfig:
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    redaction: RedactionSettings = field(default_factory=RedactionSettings)
 
     def __post_init__(self) -> None:
         """Checks that span tables; each message names the setting to change."""

@@ -9,6 +9,10 @@ rides out a coordinator restart; an upload whose answer was lost is recognised b
 server's `already_answered` refusal on the retry. The global adapter is downloaded by
 version and its SHA-256 checked against the task. Logs carry ids, sizes and hashes only:
 no client text and no update contents leave this process except the encoded update.
+
+The upload is the encoder's wire payload when the run compresses (quantized codes, sparse
+values, top-k indices; see service.local_trainer), else the dense float32 vector; either
+way the `bytes_up` metric sent with it is the length of that body.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from fedlm.service.transport import CertificateProblem, Connection, JoinSettings
 __all__ = ["CertificateProblem", "Connection", "JoinSettings", "ServerRefused", "join", "take_part"]
 
 log = logging.getLogger("fedlm.join")
-# trains on a task from the global vector: (task, global) -> (float32 update after the client steps, samples, metrics)
-Trainer = Callable[[dict[str, Any], np.ndarray], tuple[np.ndarray, int, dict[str, float]]]
+# trains on a task from the global vector: (task, global) -> (update, samples, metrics); the update is the float32
+# vector after the client steps, or, when the run compresses (never under SecAgg), the wire payload to upload
+Trainer = Callable[[dict[str, Any], np.ndarray], tuple[np.ndarray | bytes, int, dict[str, float]]]
 
 
 def download_global(conn: Connection, version: int, sha256: str) -> np.ndarray:
@@ -103,8 +108,8 @@ def take_part(conn: Connection, me: str, train: Trainer, traits: Traits) -> int:
             sent += outcome == "unmasked"
             log.info("client %s round %d: secure aggregation %s", me, task["round"], outcome)
             continue
-        vector, num_samples, metrics = train(task, global_vector)
-        payload = wire.serialize_dense(vector)
-        outcome = upload(conn, task, payload, num_samples, metrics)
+        update, num_samples, metrics = train(task, global_vector)
+        payload = update if isinstance(update, bytes) else wire.serialize_dense(update)
+        outcome = upload(conn, task, payload, num_samples, {**metrics, "bytes_up": float(len(payload))})
         sent += outcome in ("accepted", "already_answered")
         log.info("client %s round %d: %s (%d bytes)", me, task["round"], outcome, len(payload))

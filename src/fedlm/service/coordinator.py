@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedlm.config import RunConfig
-from fedlm.core.types import Update
+from fedlm.core.types import Task, Update
 from fedlm.privacy.accountant import epsilon_without_sampling
 from fedlm.server.rounds import (
     OpenRound, ServerState, UpdateRejected, accept_update, check_update, close_round, dominance_warning, initial_state,
@@ -42,6 +42,7 @@ from fedlm.service.secagg_codec import parameters_answer
 from fedlm.service.secure_stages import SecureStages, make_secagg_server
 from fedlm.service.settings import RegistrySection, SchedulingSection, SecAggSection
 from fedlm.updates import wire
+from fedlm.updates.client import compression_of
 from fedlm.updates.pipeline import Pipeline
 
 log = logging.getLogger("fedlm.service")
@@ -112,7 +113,8 @@ class Coordinator(SecureStages):
             else:
                 for update in db.accepted_updates(session, row.round):
                     try:
-                        vector = read_update(self.blobs.verified_path(update.sha256), size=state.global_vector.size)
+                        vector = self._read_plain(self.blobs.verified_path(update.sha256), update.client_id, update.round,
+                                                  size=state.global_vector.size)
                     except (CorruptBlob, MalformedUpdate) as err:
                         self._lose_update(session, update, err)
                         continue
@@ -274,7 +276,7 @@ class Coordinator(SecureStages):
                staged: Staged) -> dict[str, Any]:
         """Validate a staged upload and accept it, or raise Refused; the staged file is consumed either way."""
         try:
-            vector = self._read(staged)
+            vector = self._read(staged, client_id, round)
             with self.lock:
                 if self.pipeline.mask is not None:
                     return self._accept_masked(client_id, round, version, num_samples, metrics, staged, vector)
@@ -291,12 +293,19 @@ class Coordinator(SecureStages):
             self._audit_refusal(client_id, round, staged, refusal)
             raise
 
-    def _read(self, staged: Staged) -> np.ndarray:
-        read = read_masked if self.pipeline.mask is not None else read_update
+    def _read(self, staged: Staged, client_id: str, round: int) -> np.ndarray:
+        size = self.state.global_vector.size
         try:
-            return read(staged.path, size=self.state.global_vector.size)
+            if self.pipeline.mask is not None:
+                return read_masked(staged.path, size=size)
+            return self._read_plain(staged.path, client_id, round, size=size)
         except MalformedUpdate as err:
             raise Refused(400, "malformed_update", str(err)) from None
+
+    def _read_plain(self, path: Any, client_id: str, round: int, *, size: int) -> np.ndarray:
+        """A plain update, decoded from the run's compression (the seed, round and client redraw a mask or rotation)."""
+        task = Task(round=round, version=0, client_id=client_id)  # the decoder reads only round and client id
+        return read_update(path, size=size, compression=compression_of(self.pipeline), seed=self.run.run.seed, task=task)
 
     def _check_task(self, client_id: str, round: int, version: int) -> None:
         rnd = self.rnd

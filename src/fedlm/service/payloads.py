@@ -1,9 +1,14 @@
 """Read an uploaded update from its staged file, checking its structure before any value is used.
 
-Two encodings are accepted for a plain update, told apart by their first bytes:
-- fedlm's wire format (updates.wire): the 16-byte typed header, then float32 values. Only
-  the dense kind for now: the service receives what the client's encoder produced.
-- safetensors holding exactly one float32 tensor named "update" of the global's shape.
+A plain update is accepted in exactly the encoding the run's compression produces:
+- a run that does not compress: fedlm's dense wire format (updates.wire: the 16-byte typed
+  header, then float32 values), or safetensors holding exactly one float32 tensor named
+  "update" of the global's shape, told apart by their first bytes;
+- a run that compresses: the wire kind its client steps produce (quantized, sparse or
+  quantized_sparse, with the run's bits, chunk, rotation and kept count), decoded into the
+  dense float32 vector by updates.client.decode_payload, the encoder's exact inverse. Any
+  other kind, a dense one included, is refused naming both: a client that skips the run's
+  compression would make the bandwidth the run reports untrue.
 A SecAgg round takes the masked input instead: safetensors holding one uint32 ("U32")
 tensor named "update" (its typed header says uint32; wire format has no masked kind), and
 refuses float32; a plain round refuses uint32. Values are read straight from the file into
@@ -19,8 +24,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save
 
+from fedlm.core.types import Task
 from fedlm.server.rounds import ServerState
 from fedlm.updates import wire
+from fedlm.updates.client import Compression, decode_payload
 
 MAX_SAFETENSORS_HEADER = 1 << 16
 
@@ -29,13 +36,30 @@ class MalformedUpdate(ValueError):
     """The body is not a well-formed update of the expected shape and dtype."""
 
 
-def read_update(path: Path, *, size: int) -> np.ndarray:
+def read_update(path: Path, *, size: int, compression: Compression | None = None, seed: int = 0,
+                task: Task | None = None) -> np.ndarray:
+    """The dense float32 update in a staged upload. A compressing run's payload needs the run's
+    `compression`, its `seed` and the `task` (round, client id) to redraw a random mask and unrotate."""
     total = path.stat().st_size
     with open(path, "rb") as handle:
         head = handle.read(wire.HEADER_BYTES)
+    if compression is not None and compression.kind != "dense":
+        return _read_compressed(path, head, size, compression, seed, task)
     if head[:4] == wire.MAGIC:
         return _read_wire(path, head, total, size)
     return _read_safetensors(path, total, size, "F32")
+
+
+def _read_compressed(path: Path, head: bytes, size: int, compression: Compression, seed: int, task: Task | None) -> np.ndarray:
+    if task is None:
+        raise ValueError("a compressed payload is decoded for a task: its round and client id")
+    if head[:4] != wire.MAGIC:
+        raise MalformedUpdate(f"this run's compression sends {compression.kind} payloads in fedlm wire format; "
+                              "got another format (safetensors or garbage)")
+    try:  # a compressed body is a fraction of the dense one, and the upload limit bounds it
+        return decode_payload(path.read_bytes(), compression=compression, seed=seed, task=task, size=size)
+    except ValueError as err:
+        raise MalformedUpdate(str(err)) from None
 
 
 def read_masked(path: Path, *, size: int) -> np.ndarray:
@@ -55,11 +79,11 @@ def _read_wire(path: Path, head: bytes, total: int, size: int) -> np.ndarray:
     if len(head) < wire.HEADER_BYTES:
         raise MalformedUpdate(f"payload of {total} bytes is shorter than the {wire.HEADER_BYTES}-byte header")
     try:
-        kind, count, _, _, _ = wire._read_header(head)
+        kind, count, _, _, _ = wire.read_header(head)
     except ValueError as err:
         raise MalformedUpdate(str(err)) from None
     if kind != "dense":
-        raise MalformedUpdate(f"the service accepts dense float32 payloads; got a {kind} payload")
+        raise MalformedUpdate(f"this run's compression sends dense payloads; got a {kind} payload")
     if count != size:
         raise MalformedUpdate(f"the update must have {size} float32 values, the header says {count}")
     if total != wire.dense_bytes(size):

@@ -16,6 +16,7 @@ import numpy as np
 
 from fedlm.config import RunConfig, config_to_dict, load_config
 from fedlm.models.card import RunFacts, base_origin, model_card
+from fedlm.data.redaction import redaction_summary
 from fedlm.eval.sites import site_summary
 from fedlm.models.lora import export_adapter
 from fedlm.server.rounds import ServerState, initial_state
@@ -62,6 +63,7 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         # checked before round 1); the clients that trained where it cannot (causal_lm packs everything)
         "training_data": dict(sim.data_counts),
         "eval_data": sim.eval_set.counts(),  # the evaluation clients' test samples, and the questions asked
+        "redaction": redaction_summary(sim.dataset, sim.config),  # placeholders per PII type in the data (None when off)
     }
     summary.update(privacy_fields(sim, state))
     if result is not None:

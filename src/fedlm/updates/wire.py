@@ -9,7 +9,10 @@ Each payload is a 16-byte header followed by raw little-endian arrays:
     quantized_sparse  the quantized body of the kept values | uint32 indices as above
 
 `size` counts the values sent (for a sparse update, the kept ones). A random mask's
-indices are left out: the server redraws them from the round's shared seed.
+indices are left out: the server redraws them from the round's shared seed. Flags bit
+ROTATED says the quantized body holds the randomized Hadamard rotation of those values
+(updates.rotate), zero-padded to padded_size(size) codes; `size` still counts the values
+and the indices, so a rotated top-k update sends k indices, not padded_size(k).
 
 We write our own format rather than safetensors because safetensors puts a JSON header
 (names, dtypes, shapes, offsets: typically 100 bytes or more) before every tensor set,
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fedlm.updates.quantize import BITS, Quantized, chunk_count, code_bytes, levels, unpacked_codes
+from fedlm.updates.rotate import padded_size
 
 MAGIC = b"FDLM"
 VERSION = 1
@@ -34,6 +38,7 @@ HEADER_FORMAT = "<4sBBBBII"  # magic, version, kind, bits, flags, size, chunk
 HEADER_BYTES = struct.calcsize(HEADER_FORMAT)
 KINDS = ("dense", "quantized", "sparse", "quantized_sparse")  # kind byte = position + 1
 INDICES = 1  # flags bit: uint32 indices follow the values
+ROTATED = 2  # flags bit: the quantized body is the rotation of the values, padded to a power of two
 FLOAT = np.dtype("<f4")
 INDEX = np.dtype("<u4")
 
@@ -42,23 +47,36 @@ def dense_bytes(size: int) -> int:
     return HEADER_BYTES + FLOAT.itemsize * size
 
 
-def quantized_bytes(size: int, *, bits: int, chunk: int) -> int:
-    return HEADER_BYTES + FLOAT.itemsize * chunk_count(size, chunk=chunk) + code_bytes(size, bits=bits)
+def quantized_bytes(size: int, *, bits: int, chunk: int, rotated: bool = False) -> int:
+    """`size` values quantized; rotated, the body holds padded_size(size) codes."""
+    coded = padded_size(size) if rotated else size
+    return HEADER_BYTES + FLOAT.itemsize * chunk_count(coded, chunk=chunk) + code_bytes(coded, bits=bits)
 
 
 def sparse_bytes(kept: int, *, with_indices: bool) -> int:
     return HEADER_BYTES + FLOAT.itemsize * kept + (INDEX.itemsize * kept if with_indices else 0)
 
 
-def quantized_sparse_bytes(kept: int, *, bits: int, chunk: int, with_indices: bool) -> int:
+def quantized_sparse_bytes(kept: int, *, bits: int, chunk: int, with_indices: bool, rotated: bool = False) -> int:
     """Quantized values of a sparse update, plus their indices unless a shared seed gives them."""
-    return quantized_bytes(kept, bits=bits, chunk=chunk) + (INDEX.itemsize * kept if with_indices else 0)
+    return quantized_bytes(kept, bits=bits, chunk=chunk, rotated=rotated) + (INDEX.itemsize * kept if with_indices else 0)
 
 
-def _header(kind: str, *, size: int, bits: int = 0, chunk: int = 0, with_indices: bool = False) -> bytes:
+def _header(kind: str, *, size: int, bits: int = 0, chunk: int = 0, with_indices: bool = False,
+            rotated: bool = False) -> bytes:
     if not 0 <= size < 2**32 or not 0 <= chunk < 2**32:
         raise ValueError(f"size and chunk must fit in 32 bits, got {size} and {chunk}")
-    return struct.pack(HEADER_FORMAT, MAGIC, VERSION, KINDS.index(kind) + 1, bits, INDICES * with_indices, size, chunk)
+    flags = INDICES * with_indices | ROTATED * rotated
+    return struct.pack(HEADER_FORMAT, MAGIC, VERSION, KINDS.index(kind) + 1, bits, flags, size, chunk)
+
+
+def _values_count(q: Quantized, rotated_from: int | None) -> int:
+    """The values a quantized body stands for: q.size, or the length before the rotation's padding."""
+    if rotated_from is None:
+        return q.size
+    if padded_size(rotated_from) != q.size:
+        raise ValueError(f"the rotation of {rotated_from} values has {padded_size(rotated_from)} codes, got {q.size}")
+    return rotated_from
 
 
 def _index_bytes(indices: np.ndarray | None, *, kept: int) -> bytes:
@@ -80,9 +98,11 @@ def serialize_dense(vector: np.ndarray) -> bytes:
     return _header("dense", size=vector.size) + vector.astype(FLOAT).tobytes()
 
 
-def serialize_quantized(q: Quantized) -> bytes:
-    """Header + float32 scales + codes."""
-    return _header("quantized", size=q.size, bits=q.bits, chunk=q.chunk) + _quantized_body(q)
+def serialize_quantized(q: Quantized, *, rotated_from: int | None = None) -> bytes:
+    """Header + float32 scales + codes; `rotated_from`: q quantizes the rotation of that many values."""
+    size = _values_count(q, rotated_from)
+    header = _header("quantized", size=size, bits=q.bits, chunk=q.chunk, rotated=rotated_from is not None)
+    return header + _quantized_body(q)
 
 
 def serialize_sparse(values: np.ndarray, indices: np.ndarray | None) -> bytes:
@@ -91,15 +111,18 @@ def serialize_sparse(values: np.ndarray, indices: np.ndarray | None) -> bytes:
     return _header("sparse", size=values.size, with_indices=indices is not None) + values.astype(FLOAT).tobytes() + tail
 
 
-def serialize_quantized_sparse(q: Quantized, indices: np.ndarray | None) -> bytes:
-    """Header + the quantized kept values + uint32 indices unless a shared seed gives them."""
-    tail = _index_bytes(indices, kept=q.size)
-    header = _header("quantized_sparse", size=q.size, bits=q.bits, chunk=q.chunk, with_indices=indices is not None)
+def serialize_quantized_sparse(q: Quantized, indices: np.ndarray | None, *, rotated_from: int | None = None) -> bytes:
+    """Header + the quantized kept values + uint32 indices unless a shared seed gives them;
+    `rotated_from`: q quantizes the rotation of that many kept values."""
+    kept = _values_count(q, rotated_from)
+    tail = _index_bytes(indices, kept=kept)
+    header = _header("quantized_sparse", size=kept, bits=q.bits, chunk=q.chunk, with_indices=indices is not None,
+                     rotated=rotated_from is not None)
     return header + _quantized_body(q) + tail
 
 
-def _read_header(data: bytes) -> tuple[str, int, int, bool, int]:
-    """kind, size, bits, with_indices, chunk; checks every field that does not need the body."""
+def read_header(data: bytes) -> tuple[str, int, int, int, int]:
+    """kind, size, bits, flags, chunk; checks every field that does not need the body."""
     if len(data) < HEADER_BYTES:
         raise ValueError(f"payload of {len(data)} bytes is shorter than the {HEADER_BYTES}-byte header")
     magic, version, kind_byte, bits, flags, size, chunk = struct.unpack_from(HEADER_FORMAT, data)
@@ -113,19 +136,20 @@ def _read_header(data: bytes) -> tuple[str, int, int, bool, int]:
     quantized = kind.startswith("quantized")
     if (quantized and (bits not in BITS or chunk < 1)) or (not quantized and (bits or chunk)):
         raise ValueError(f"a {kind} payload cannot have bits={bits}, chunk={chunk}")
-    if flags & ~INDICES or (flags and not kind.endswith("sparse")):
+    if flags & ~(INDICES | ROTATED) or (flags & INDICES and not kind.endswith("sparse")) or (flags & ROTATED and not quantized):
         raise ValueError(f"a {kind} payload cannot have flags {flags:#x}")
-    return kind, size, bits, bool(flags), chunk
+    return kind, size, bits, flags, chunk
 
 
-def _expected_bytes(kind: str, *, size: int, bits: int, with_indices: bool, chunk: int) -> int:
+def _expected_bytes(kind: str, *, size: int, bits: int, flags: int, chunk: int) -> int:
+    with_indices, rotated = bool(flags & INDICES), bool(flags & ROTATED)
     if kind == "dense":
         return dense_bytes(size)
     if kind == "quantized":
-        return quantized_bytes(size, bits=bits, chunk=chunk)
+        return quantized_bytes(size, bits=bits, chunk=chunk, rotated=rotated)
     if kind == "sparse":
         return sparse_bytes(size, with_indices=with_indices)
-    return quantized_sparse_bytes(size, bits=bits, chunk=chunk, with_indices=with_indices)
+    return quantized_sparse_bytes(size, bits=bits, chunk=chunk, with_indices=with_indices, rotated=rotated)
 
 
 def _read_quantized(data: bytes, *, size: int, bits: int, chunk: int) -> Quantized:
@@ -150,16 +174,19 @@ def _read_indices(data: bytes, *, kept: int) -> np.ndarray:
 
 
 def deserialize(data: bytes) -> tuple[str, dict[str, Any]]:
-    """The kind and its fields: dense {vector}, quantized {quantized},
-    sparse {values, indices}, quantized_sparse {quantized, indices}; indices None when not sent."""
-    kind, size, bits, with_indices, chunk = _read_header(data)
-    expected = _expected_bytes(kind, size=size, bits=bits, with_indices=with_indices, chunk=chunk)
+    """The kind and its fields: dense {vector}, quantized {quantized, rotated_from},
+    sparse {values, indices}, quantized_sparse {quantized, indices, rotated_from}; indices None when
+    not sent, rotated_from (the values before the rotation's padding) None when not rotated."""
+    kind, size, bits, flags, chunk = read_header(data)
+    expected = _expected_bytes(kind, size=size, bits=bits, flags=flags, chunk=chunk)
     if len(data) != expected:
         raise ValueError(f"a {kind} payload of {size} values takes {expected} bytes, got {len(data)}")
-    indices = _read_indices(data, kept=size) if with_indices else None
+    indices = _read_indices(data, kept=size) if flags & INDICES else None
     if kind == "dense":
         return kind, {"vector": np.frombuffer(data, FLOAT, size, HEADER_BYTES).astype(np.float32)}
     if kind == "sparse":
         return kind, {"values": np.frombuffer(data, FLOAT, size, HEADER_BYTES).astype(np.float32), "indices": indices}
-    quantized = _read_quantized(data, size=size, bits=bits, chunk=chunk)
-    return kind, {"quantized": quantized} if kind == "quantized" else {"quantized": quantized, "indices": indices}
+    rotated_from = size if flags & ROTATED else None
+    coded = padded_size(size) if rotated_from is not None else size
+    fields = {"quantized": _read_quantized(data, size=coded, bits=bits, chunk=chunk), "rotated_from": rotated_from}
+    return kind, fields if kind == "quantized" else fields | {"indices": indices}

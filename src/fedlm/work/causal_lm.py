@@ -20,6 +20,7 @@ import torch
 
 from fedlm.config import RunConfig
 from fedlm.data.blocks import Blocks, concat_blocks, pack_texts
+from fedlm.data.redaction import redact_client, redact_federation
 from fedlm.data.types import FederatedDataset, Sample
 from fedlm.eval.choice import ChoiceQuestion, ChoiceRecord, option_tokens, read_choice_jsonl
 from fedlm.eval.metrics import EvalResult
@@ -44,17 +45,19 @@ class CausalLmWork:
     def load_federation(self) -> FederatedDataset:
         from fedlm.data.shakespeare import load_shakespeare
 
-        return load_configured_federation(self, load_shakespeare)
+        return load_configured_federation(self, lambda **kw: redact_federation(
+            load_shakespeare(**kw), self.config.redaction, source=self.config.data.source))
 
     def load_folder(self, path: Path, *, test_fraction: float, seed: int) -> FederatedDataset:
         from fedlm.data.folders import load_folder
 
-        return load_folder(Path(path), test_fraction=test_fraction, seed=seed, encoding=self.config.data.encoding)
+        dataset = load_folder(Path(path), test_fraction=test_fraction, seed=seed, encoding=self.config.data.encoding)
+        return redact_federation(dataset, self.config.redaction, source="folder")  # before tokenization
 
     def read_client(self, path: Path) -> list[Sample]:
         from fedlm.data.folders import read_client_samples
 
-        return list(read_client_samples(Path(path), encoding=self.config.data.encoding))
+        return redact_client(read_client_samples(Path(path), encoding=self.config.data.encoding), self.config.redaction)
 
     def encode(self, tokenizer: Any, samples: Sequence[Sample]) -> Encoded:
         texts = check_texts(samples, self.kind)

@@ -27,6 +27,7 @@ from fedlm.config import RunConfig
 from fedlm.core.rng import make_rng
 from fedlm.data.blocks import Blocks, concat_blocks, pad_sequences, trim_batch
 from fedlm.data.conversations import Conversation
+from fedlm.data.redaction import redact_client, redact_federation
 from fedlm.data.types import FederatedDataset, Sample
 from fedlm.eval.choice import ChoiceQuestion, option_tokens, read_choice_jsonl
 from fedlm.eval.metrics import EvalResult
@@ -78,18 +79,21 @@ class InstructionWork:
     def load_federation(self) -> FederatedDataset:
         from fedlm.data.dialogue import load_shakespeare_dialogue
 
-        return load_configured_federation(self, load_shakespeare_dialogue)
+        return load_configured_federation(self, lambda **kw: redact_federation(
+            load_shakespeare_dialogue(**kw), self.config.redaction, source=self.config.data.source))
 
     def load_folder(self, path: Path, *, test_fraction: float, seed: int) -> FederatedDataset:
         from fedlm.data.instructions import load_instruction_folder
 
-        return load_instruction_folder(Path(path), test_fraction=test_fraction, seed=seed,
-                                       encoding=self.config.data.encoding)
+        dataset = load_instruction_folder(Path(path), test_fraction=test_fraction, seed=seed,
+                                          encoding=self.config.data.encoding)
+        return redact_federation(dataset, self.config.redaction, source="folder")  # every message, before tokenization
 
     def read_client(self, path: Path) -> list[Sample]:
         from fedlm.data.instructions import read_instruction_client
 
-        return list(read_instruction_client(Path(path), encoding=self.config.data.encoding))
+        return redact_client(read_instruction_client(Path(path), encoding=self.config.data.encoding),
+                             self.config.redaction)
 
     def encode(self, tokenizer: Any, samples: Sequence[Sample]) -> Encoded:
         data = self.config.data
