@@ -22,6 +22,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/fedlm simulate --out runs/demo --overwrite
+	$(BIN)/fedlm report runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -20,6 +20,8 @@ import tomli_w
 
 # [model] and [task] live in model_settings; callers import every table (and ConfigError) from here.
 from fedlm.model_settings import TASK_KINDS, ModelSettings, TaskSettings  # noqa: F401
+from fedlm.monitoring.settings import MonitoringSettings
+from fedlm.tracking.settings import TrackingSettings
 from fedlm.settings_checks import ConfigError, collect_problems, report, report_error, require  # noqa: F401
 
 
@@ -303,6 +305,8 @@ class RunConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
     redaction: RedactionSettings = field(default_factory=RedactionSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     def __post_init__(self) -> None:
         """Checks that span tables; each message names the setting to change."""

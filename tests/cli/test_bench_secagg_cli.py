@@ -18,7 +18,7 @@ def test_json_report_says_the_sum_is_exact_and_times_every_stage():
     report = json.loads(result.output)
     assert report["exact"] is True and report["recovered"] is True
     assert report["neighbours"] == 4 and report["threshold"] == 3 and report["dropped"] == 1
-    stages = ("advertise", "share", "mask", "unmask")
+    stages = ("advertise", "share", "mask", "confirm", "unmask")
     assert set(report["client_seconds"]) == set(stages) == set(report["server_seconds"])
     assert report["server_seconds"]["unmask"] > 0 and report["plain_aggregation_seconds"] > 0
 

@@ -1,19 +1,20 @@
-"""The local training loop on the tiny model: the default update pinned bit for bit, accumulation,
+"""The local training loop on the tiny model: the default update bit for bit equal to the old loop's, accumulation,
 gradient clipping and the schedule reaching the optimizer, and a refused task leaving state alone."""
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
+import torch
 
-from fedlm.client.train import run_task
+from fedlm.client.train import make_optimizer, mask_hook, prox_hook, run_task
 from fedlm.config import ClientSettings, LoraSettings
 from fedlm.core.types import Task
-from fedlm.data.blocks import pack_texts
+from fedlm.core.rng import derive_seed, make_rng
+from fedlm.data.blocks import batch_order, pack_texts
 from fedlm.models.base import load_base_model
-from fedlm.models.lora import attach_lora
+from fedlm.models.lora import attach_lora, rank_masks
+from fedlm.work.language_model import batch_loss
 
 LINES = ["To be, or not to be, that is the question", "Whether 'tis nobler in the mind to suffer",
          "The slings and arrows of outrageous fortune", "Or to take arms against a sea of troubles"]
@@ -36,22 +37,54 @@ def train_update(blocks, *, task=Task(round=3, version=2, client_id="c"), rank=N
     return out, dict(update.metrics)
 
 
-def sha256(vector: np.ndarray) -> str:
-    return hashlib.sha256(vector.tobytes()).hexdigest()
+def reference_update(blocks, *, task=Task(round=3, version=2, client_id="c"), rank=None, **settings):
+    """The local loop as it was before the schedule, gradient clipping and accumulation existed: one backward per
+    batch, the gradient hooks (FedProx, rank masks), one optimizer step at the fixed rate. Same seeds as run_task."""
+    settings = ClientSettings(**settings)
+    adapter = attach_lora(load_base_model("tiny"), LoraSettings(), seed=0)
+    start = adapter.initial_shared.copy()
+    adapter.write_shared(start)
+    adapter.write_private(adapter.initial_private.copy())
+    hooks = [prox_hook(adapter, start, settings.prox_mu)] if settings.prox_mu > 0 else []
+    if rank is not None:
+        masks = rank_masks(adapter, rank)
+        with torch.no_grad():
+            for param, mask in masks:
+                param.mul_(mask)
+        hooks.append(mask_hook(masks))
+    order = batch_order(len(blocks), steps=settings.local_steps, batch_size=settings.batch_size,
+                        rng=make_rng(0, "batches", task.round, task.client_id))
+    torch.manual_seed(derive_seed(0, "dropout", task.round, task.client_id))
+    optimizer = make_optimizer(adapter.trainable, settings)
+    adapter.model.train()
+    losses = []
+    for rows in order:
+        loss = batch_loss(adapter.model, blocks.take(rows))
+        loss.backward()
+        losses.append(loss.item())
+        for hook in hooks:
+            hook()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    out = np.empty_like(start)
+    adapter.read_shared(out)
+    return out - start, losses
 
 
-def test_the_default_loop_gives_the_update_it_gave_before_the_schedule_clipping_and_accumulation():
-    # Prepare: the checksums were computed with the loop as it was before these settings existed.
+def test_the_default_loop_gives_the_update_the_loop_gave_before_the_schedule_clipping_and_accumulation():
+    # Prepare: the reference is the loop before these settings existed, run here (bit-for-bit figures depend on the
+    # machine's kernels and library versions, so a stored checksum cannot be compared across machines)
     blocks = pack_texts(load_base_model("tiny").tokenizer, LINES, 8)
+    sgd_settings = {"local_steps": 3, "batch_size": 2, "optimizer": "sgd", "momentum": 0.9, "lr": 0.05, "prox_mu": 0.1}
     # Execute
     adamw, adamw_metrics = train_update(blocks, local_steps=3, batch_size=2)
-    sgd, _ = train_update(blocks, rank=4, local_steps=3, batch_size=2, optimizer="sgd", momentum=0.9, lr=0.05,
-                          prox_mu=0.1)
-    # Assert: bit for bit, with FedProx and rank masks (the gradient hooks) in the second.
-    assert sha256(adamw) == "ae32ef0f51a22f18569da0b552580e02b808d44de20dfb2cbf54e81ab949f119"
-    assert sha256(sgd) == "1ad08dbba08d80ee68cc5fc89d53a04588d7d9e9e66071f84cd335debfad5a71"
-    assert adamw_metrics == {"train_loss": pytest.approx(5.541745026906331, abs=1e-12),
-                             "last_loss": pytest.approx(5.535125732421875, abs=1e-12), "steps": 3, "tokens": 42}
+    sgd, _ = train_update(blocks, rank=4, **sgd_settings)
+    adamw_reference, losses = reference_update(blocks, local_steps=3, batch_size=2)
+    sgd_reference, _ = reference_update(blocks, rank=4, **sgd_settings)
+    # Assert: bit for bit, with FedProx and rank masks (the gradient hooks) in the second; the update moved
+    assert adamw.tobytes() == adamw_reference.tobytes() and np.abs(adamw).max() > 0
+    assert sgd.tobytes() == sgd_reference.tobytes() and np.abs(sgd).max() > 0
+    assert adamw_metrics == {"train_loss": float(np.mean(losses)), "last_loss": losses[-1], "steps": 3, "tokens": 42}
 
 
 def test_two_accumulated_batches_of_two_make_the_step_of_one_batch_of_four(blocks):

@@ -9,9 +9,12 @@ import pytest
 from scipy import stats
 
 from fedlm.secagg.keys import ShareTampered
-from fedlm.secagg.messages import KeysAdvert, MaskedInput, RoundFailed, SecAggError, UnmaskRequest
+from fedlm.secagg.identity import Ed25519Signer, make_directory
+from fedlm.secagg.messages import KeysAdvert, MaskedInput, RoundFailed, SecAggError, SurvivorSets
 from fedlm.secagg.session import make_server, run_round
 from fedlm.secagg.client import SecAggClient
+
+from protocol_parties import honest_clients
 
 SIZE = 300
 
@@ -58,20 +61,20 @@ def test_decoded_sum_equals_the_plain_sum_of_quantized_inputs(n, sparse):
 
 
 @pytest.mark.parametrize("n, t", [(10, 5), (50, 25)])
-@pytest.mark.parametrize("stage", ["advertise", "share", "mask", "unmask"])
+@pytest.mark.parametrize("stage", ["advertise", "share", "mask", "confirm", "unmask"])
 def test_dropouts_up_to_the_threshold_are_recovered(stage, n, t):
     # complete graph: k = n - 1, t = floor(k / 2) + 1; every stage needs t + 1 answers, so n - t - 1 may drop
     inputs = make_inputs(n)
     dropped = sorted(inputs)[3:3 + n - t - 1]
     server, result = run(inputs, drop={c: stage for c in dropped})
-    contributors = [c for c in sorted(inputs) if c not in dropped or stage == "unmask"]
+    contributors = [c for c in sorted(inputs) if c not in dropped or stage in ("confirm", "unmask")]
     assert server.threshold == t
     assert result.survivors == tuple(contributors)
     assert np.array_equal(result.total, quantized_sum(server, inputs, contributors))
 
 
 @pytest.mark.parametrize("n, t", [(10, 5), (50, 25)])
-@pytest.mark.parametrize("stage", ["advertise", "share", "mask", "unmask"])
+@pytest.mark.parametrize("stage", ["advertise", "share", "mask", "confirm", "unmask"])
 def test_one_dropout_past_the_threshold_fails_the_round_cleanly(stage, n, t):
     inputs = make_inputs(n)
     server = make_server(1, list(inputs), size=SIZE, neighbours=0, threshold=0.5, bound=1.0, rng=np.random.default_rng(1))
@@ -95,7 +98,7 @@ def test_sparse_graph_survives_random_dropouts_or_fails_cleanly():
     rng = np.random.default_rng(7)
     outcomes = set()
     for trial in range(4):
-        drop = {c: str(rng.choice(["share", "mask", "unmask"])) for c in rng.choice(sorted(inputs), 4, replace=False)}
+        drop = {c: str(rng.choice(["share", "mask", "confirm", "unmask"])) for c in rng.choice(sorted(inputs), 4, replace=False)}
         server = make_server(1, list(inputs), size=SIZE, neighbours=10, threshold=0.5, bound=1.0,
                              rng=np.random.default_rng(trial))
         try:
@@ -136,7 +139,7 @@ def test_masked_input_looks_uniform_and_hides_the_input():
 def _setup(n=4):
     inputs = make_inputs(n)
     server = make_server(1, list(inputs), size=SIZE, neighbours=0, threshold=0.5, bound=1.0, rng=np.random.default_rng(0))
-    clients = {c: SecAggClient(c, server.parameters(c)) for c in server.cohort}
+    clients = honest_clients(server)
     for c in server.cohort:
         server.receive_advert(clients[c].advertise())
     server.close_advertising()
@@ -174,10 +177,12 @@ def test_a_client_refuses_to_reveal_both_secrets_of_one_client():
     _, server, clients = _setup()
     for c in server.cohort:
         server.receive_masked(clients[c].mask_input(server.shares_for(c), np.zeros(SIZE, np.uint32), _stream()))
+    server.close_masking()
     a, b = server.cohort[:2]
-    lying = UnmaskRequest(1, survivors=server.cohort, dropped=(b,))
+    lying = SurvivorSets(1, survivors=server.cohort, dropped=(b,))
     with pytest.raises(SecAggError, match="both survivors and dropped"):
-        clients[a].unmask(lying)
+        clients[a].confirm(lying)
+    assert clients[a].stage == "aborted"
 
 
 def test_bad_messages_are_refused_and_leave_the_sum_unchanged():
@@ -190,7 +195,7 @@ def test_bad_messages_are_refused_and_leave_the_sum_unchanged():
         (MaskedInput("stranger", 1, good.vector), "not in round"),
         (MaskedInput(a, 1, good.vector.astype(np.int64)), "uint32"),
         (MaskedInput(a, 1, good.vector[:-1]), "uint32 of length"),
-        (KeysAdvert(a, 1, b"x" * 32, b"y" * 32), "stage 'advertise'"),
+        (KeysAdvert(a, 1, b"x" * 32, b"y" * 32, b"c" * 32, b"s" * 64), "stage 'advertise'"),
     ]:
         with pytest.raises(SecAggError, match=match):
             (server.receive_advert if isinstance(bad, KeysAdvert) else server.receive_masked)(bad)
@@ -221,7 +226,7 @@ def test_a_client_offered_too_few_neighbour_keys_sits_the_round_out():
 
     def withheld(client):
         keys = offer(client)
-        return type(keys)(keys.round, dict(list(keys.keys.items())[:1])) if client == lonely else keys
+        return type(keys)(keys.round, dict(list(keys.adverts.items())[:1])) if client == lonely else keys
 
     server.neighbour_keys = withheld
 
@@ -239,6 +244,7 @@ def test_a_client_refuses_a_threshold_below_a_majority_of_its_neighbours():
                          rng=np.random.default_rng(0))
     params = server.parameters("a")
     weak = type(params)(params.round, params.cohort, params.neighbours, 2, params.size, params.encoding)  # 2 of 4
+    identity = {"signer": Ed25519Signer.generate(), "verify": make_directory(server.cohort).verify}
     with pytest.raises(SecAggError, match="must be a majority"):
-        SecAggClient("a", weak)
-    SecAggClient("a", params)  # 3 of 4 is fine
+        SecAggClient("a", weak, **identity)
+    SecAggClient("a", params, **identity)  # 3 of 4 is fine

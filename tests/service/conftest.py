@@ -72,11 +72,12 @@ def pipeline_for(run: RunConfig):
     return build_pipeline(run.strategy, run.lora, None, plan, run.compression, run.secagg)
 
 
-def make_coordinator(root, url, clock, run, *, evaluator=None, margin=0.0, over_selection=0.0, deadline=100.0):
+def make_coordinator(root, url, clock, run, *, evaluator=None, margin=0.0, over_selection=0.0, deadline=100.0,
+                     on_regression="hold"):
     return Coordinator(
         Store(url), BlobStore(root / "blobs"), run=run, pipeline=pipeline_for(run), initial_global=INITIAL,
         scheduling=SchedulingSection(over_selection=over_selection, deadline_seconds=deadline),
-        registry=RegistrySection(canary_margin=margin), evaluator=evaluator, clock=clock, secagg=SecAggSection(),
+        registry=RegistrySection(canary_margin=margin, on_regression=on_regression), evaluator=evaluator, clock=clock, secagg=SecAggSection(),
     )
 
 

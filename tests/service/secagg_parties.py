@@ -1,7 +1,9 @@
 """SecAgg clients driven through the coordinator's HTTP API in process (a test helper, not a test).
 
 Each Party holds a real SecAggClient (its secrets stay in the test, as in a client
-process) and speaks to the real app through its TestClient with a real certificate.
+process) and speaks to the real app through its TestClient with a real certificate; it
+signs with that certificate's key and checks its neighbours' certificates against the CA
+and the CRL, as `fedlm join` does (secagg_worker.identity_from_files).
 `reference_global` is what the round must commit: rounds.accept_sum on the plain sum of
 the parties' quantized inputs, then the round engine's close.
 """
@@ -15,13 +17,15 @@ import numpy as np
 from fedlm.secagg.client import SecAggClient
 from fedlm.secagg.prg import MaskStream
 from fedlm.server.rounds import accept_sum, close_round, initial_state, open_round
+from fedlm.service import certs
 from fedlm.service import secagg_codec as codec
 from fedlm.service.payloads import masked_payload
+from fedlm.service.secagg_worker import identity_from_files
 
 from conftest import INITIAL, pipeline_for
 
 SECURE = {"secagg": {"enabled": True}, "strategy": {"clip_norm": 10.0, "weighting": "uniform"}}
-STAGES = ("advertise", "share", "mask", "unmask")
+STAGES = ("advertise", "share", "mask", "confirm", "unmask")
 
 
 def input_of(name: str) -> np.ndarray:
@@ -42,11 +46,17 @@ class Party:
     def base(self) -> str:
         return f"/v1/rounds/{self.task['round']}/secagg"
 
+    def identity(self):
+        folder = self.service.root / "certs"
+        return identity_from_files(folder / "clients" / f"{self.name}.pem", folder / "clients" / f"{self.name}.key",
+                                   folder / certs.CA_CERT, folder / certs.CRL)
+
     def poll(self) -> dict | None:
         self.task = self.http.post("/v1/tasks/next", json={}).json()["task"]
         if self.task is not None:
             params = codec.parameters_from_answer(self.task["round"], self.task["secagg"])
-            self.client_state = SecAggClient(self.name, params)
+            identity = self.identity()
+            self.client_state = SecAggClient(self.name, params, signer=identity.signer, verify=identity.verify)
         return self.task
 
     def advertise(self):
@@ -73,6 +83,12 @@ class Party:
                               params={"version": self.task["version"], "num_samples": 1},
                               headers={"X-Fedlm-Metrics": json.dumps(metrics)})
 
+    def confirm(self):
+        answer = self.http.get(f"{self.base()}/survivors")
+        assert answer.status_code == 200, answer.text
+        signed = self.client_state.confirm(codec.survivor_sets_from_answer(answer.json()))
+        return self.http.post(f"{self.base()}/confirm", json=codec.confirm_body(signed))
+
     def unmask(self):
         answer = self.http.get(f"{self.base()}/unmask-request")
         assert answer.status_code == 200, answer.text
@@ -80,7 +96,8 @@ class Party:
         return self.http.post(f"{self.base()}/unmask", json=codec.unmask_body(reply))
 
     def act(self, stage: str):
-        return {"advertise": self.advertise, "share": self.share, "mask": self.mask, "unmask": self.unmask}[stage]()
+        return {"advertise": self.advertise, "share": self.share, "mask": self.mask, "confirm": self.confirm,
+                "unmask": self.unmask}[stage]()
 
 
 def open_secure_round(service, names) -> dict[str, Party]:

@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy import func, select
 
 from fedlm.secagg import keys, shamir
+from fedlm.secagg.identity import CertificateSigner, advert_message
+from fedlm.service import certs
 from fedlm.service import secagg_codec as codec
 from fedlm.service import store as db
 from fedlm.service.payloads import masked_payload
@@ -25,8 +27,32 @@ FOUR = ("c0", "c1", "c2", "c3")
 
 
 def fresh_keys() -> dict[str, str]:
+    """Well-formed keys with a certificate and signature that the coordinator's signature check would refuse."""
     return {"cipher_public": codec.b64(keys.public_bytes(keys.new_private_key())),
-            "mask_public": codec.b64(keys.public_bytes(keys.new_private_key()))}
+            "mask_public": codec.b64(keys.public_bytes(keys.new_private_key())),
+            "certificate": "-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n",
+            "signature": codec.b64(bytes(70))}
+
+
+def signed_keys(service, name: str, *, as_client: str | None = None, signer: str | None = None) -> dict[str, str]:
+    """Fresh keys with `signer`'s certificate and signature, over an advert for `as_client` (both default to `name`)."""
+    folder = service.root / "certs" / "clients"
+    who = signer or name
+    identity = CertificateSigner.from_files(folder / f"{who}.pem", folder / f"{who}.key")
+    cipher, mask = keys.public_bytes(keys.new_private_key()), keys.public_bytes(keys.new_private_key())
+    signature = identity.sign(advert_message(1, as_client or name, cipher, mask))
+    return {"cipher_public": codec.b64(cipher), "mask_public": codec.b64(mask),
+            "certificate": identity.credential.decode(), "signature": codec.b64(signature)}
+
+
+def keys_certified_elsewhere(service, name: str) -> dict[str, str]:
+    """Correctly signed keys under a certificate for `name` that another CA issued."""
+    folder = service.root / "other-ca"
+    certs.init_ca(folder)
+    identity = CertificateSigner.from_files(*certs.issue_client(folder, name))
+    cipher, mask = keys.public_bytes(keys.new_private_key()), keys.public_bytes(keys.new_private_key())
+    return {"cipher_public": codec.b64(cipher), "mask_public": codec.b64(mask), "certificate": identity.credential.decode(),
+            "signature": codec.b64(identity.sign(advert_message(1, name, cipher, mask)))}
 
 
 def boxes(peers, size=codec.SEALED_BOX_BYTES) -> dict:
@@ -51,6 +77,12 @@ CASES = {
     "key of 31 bytes": ("advertise", lambda s: post(s, "c1", "keys", {**fresh_keys(), "cipher_public": codec.b64(bytes(31))}), 400, "malformed_message"),
     "low-order key": ("advertise", lambda s: post(s, "c1", "keys", {**fresh_keys(), "mask_public": codec.b64(bytes(32))}), 422, "invalid_message"),
     "advert missing a key": ("advertise", lambda s: post(s, "c1", "keys", {"cipher_public": fresh_keys()["cipher_public"]}), 422, "invalid_request"),
+    "advert with a bogus certificate": ("advertise", lambda s: post(s, "c1", "keys", fresh_keys()), 422, "invalid_message"),
+    "advert signed for another client": ("advertise", lambda s: post(s, "c1", "keys", signed_keys(s, "c1", as_client="c2")), 422, "invalid_message"),
+    "advert under another client's certificate": ("advertise", lambda s: post(s, "c1", "keys", signed_keys(s, "c1", signer="c2")), 422, "invalid_message"),
+    "advert certified by another CA": ("advertise", lambda s: post(s, "c1", "keys", keys_certified_elsewhere(s, "c1")), 422, "invalid_message"),
+    "advert certificate not ASCII": ("advertise", lambda s: post(s, "c1", "keys", {**signed_keys(s, "c1"), "certificate": "é"}), 400, "malformed_message"),
+    "advert signature of 200 bytes": ("advertise", lambda s: post(s, "c1", "keys", {**signed_keys(s, "c1"), "signature": codec.b64(bytes(200))}), 400, "malformed_message"),
     "neighbour keys too early": ("advertise", lambda s: s.clients["c0"].get("/v1/rounds/1/secagg/neighbour-keys"), 409, "stage_not_ready"),
     "shares in the advertise stage": ("advertise", lambda s: post(s, "c1", "shares", boxes(("c0", "c2", "c3"))), 409, "wrong_stage"),
     "secagg route for another round": ("advertise", lambda s: s.clients["c1"].post("/v1/rounds/7/secagg/keys", json=fresh_keys()), 404, "round_not_open"),
@@ -64,6 +96,12 @@ CASES = {
     "per-update metrics": ("mask", lambda s: upload(s, "c1", MASKED, {"train_loss": 1.0, "update_norm": 3.0}), 422, "per_update_metrics"),
     "replayed masked input": ("mask", lambda s: upload(s, "c0", MASKED), 409, "already_answered"),
     "unmask request too early": ("mask", lambda s: s.clients["c0"].get("/v1/rounds/1/secagg/unmask-request"), 409, "stage_not_ready"),
+    "survivor sets too early": ("mask", lambda s: s.clients["c0"].get("/v1/rounds/1/secagg/survivors"), 409, "stage_not_ready"),
+    "confirm in the mask stage": ("mask", lambda s: post(s, "c1", "confirm", {"signature": codec.b64(bytes(70))}), 409, "wrong_stage"),
+    "replayed confirm": ("confirm", lambda s: post(s, "c0", "confirm", {"signature": codec.b64(bytes(70))}), 409, "already_answered"),
+    "confirm with a forged signature": ("confirm", lambda s: post(s, "c1", "confirm", {"signature": codec.b64(bytes(70))}), 422, "invalid_message"),
+    "confirm signature not base64": ("confirm", lambda s: post(s, "c1", "confirm", {"signature": "!!"}), 400, "malformed_message"),
+    "unmask request before confirm closed": ("confirm", lambda s: s.clients["c0"].get("/v1/rounds/1/secagg/unmask-request"), 409, "stage_not_ready"),
     "share above the prime": ("unmask", lambda s: post(s, "c1", "unmask", {
         "seed_shares": {p: codec.b64(b"\xff" * shamir.SHARE_BYTES) for p in ("c0", "c2", "c3")}, "key_shares": {}}), 422, "invalid_message"),
     "replayed unmask": ("unmask", lambda s: post(s, "c0", "unmask", {"seed_shares": {}, "key_shares": {}}), 409, "already_answered"),
@@ -75,7 +113,7 @@ def snapshot(service):
     coordinator = service.coordinator
     server = coordinator.secure
     protocol = (server.stage, sorted(server.adverts), sorted(server.sealed), list(server.masked), server.total.tobytes(),
-                sorted(server.replies))
+                sorted(server.confirmations), sorted(server.replies))
     with coordinator.store.session() as session:
         counts = tuple(session.scalar(select(func.count()).select_from(t)) for t in (db.SecAggMessageRow, db.UpdateRow, db.VersionRow))
         round_row = session.get(db.RoundRow, 1)

@@ -51,7 +51,8 @@ def test_secure_round_commits_the_mean_of_the_quantized_inputs_exactly(secure_se
         assert version.metrics["accepted"] == 4 and version.metrics["train_loss"] == pytest.approx(1.2)
         assert db.tasks_of(session, 1) == dict.fromkeys(FOUR, "accepted")
         kinds = [m.kind for m in db.secagg_messages(session, 1)]
-        assert kinds == ["advert"] * 4 + ["close"] + ["shares"] * 4 + ["close"] + ["masked"] * 4 + ["close"] + ["unmask"] * 4
+        assert kinds == (["advert"] * 4 + ["close"] + ["shares"] * 4 + ["close"] + ["masked"] * 4 + ["close"]
+                         + ["confirm"] * 4 + ["close"] + ["unmask"] * 4)
         stored = [u.sha256 for u in db.accepted_updates(session, 1)]
     # what the server stored is the masked vector, never the encoded input
     for sha, party in zip(stored, parties.values(), strict=True):
@@ -71,6 +72,21 @@ def test_a_client_dropping_after_sharing_keys_is_recovered(tmp_path):
     with coordinator.store.session() as session:
         assert db.tasks_of(session, 1) == {**dict.fromkeys(FOUR, "accepted"), "c4": "failed"}
         assert session.get(db.VersionRow, 1).metrics["accepted"] == 4
+
+
+def test_a_survivor_silent_at_the_confirm_stage_stays_in_the_sum(tmp_path):
+    # Prepare: five clients, k = 4, t = 3; c4 uploads its masked input, then never signs the survivor sets
+    service = build_service(tmp_path, f"sqlite:///{tmp_path / 'confirm.db'}", names=FIVE, clients_per_round=5, overrides=SECURE)
+    parties = open_secure_round(service, FIVE)
+    # Execute: the confirm stage closes at its deadline with four signatures; each of the four sees three
+    run_stages(parties, silent={"c4": "confirm"})
+    # Assert: c4's input is in the sum (its self mask removed with the others' seed shares); it sent nothing more
+    coordinator = service.coordinator
+    assert coordinator.state.version == 1
+    assert coordinator.state.global_vector.tobytes() == reference_global(service, parties, FIVE).tobytes()
+    with coordinator.store.session() as session:
+        kinds = [(m.kind, m.client_id) for m in db.secagg_messages(session, 1)]
+        assert ("confirm", "c4") not in kinds and ("unmask", "c4") not in kinds and ("masked", "c4") in kinds
 
 
 def test_too_many_drops_abandon_the_round_and_the_next_round_runs(secure_service):

@@ -98,7 +98,10 @@ def serve_and_join(tmp_path, run: RunConfig, names) -> tuple[Coordinator, dict[s
     def worker(name: str) -> None:
         conn = Connection.__new__(Connection)  # the retrying request loop, over the in-process app instead of HTTPS
         conn.http = TestClient(with_tls_extension(app, clients[name].tls))
-        conn.settings, conn.delay = type("Settings", (), {"give_up_after": 5.0})(), lambda attempt: 0.01
+        folder = tmp_path / "certs"  # the client's certificate and key sign its SecAgg messages; the CA checks its neighbours'
+        conn.settings = type("Settings", (), {"give_up_after": 5.0, "cert": folder / "clients" / f"{name}.pem",
+                                              "key": folder / "clients" / f"{name}.key", "ca": folder / certs.CA_CERT})()
+        conn.delay = lambda attempt: 0.01
         conn.request("POST", "/v1/clients/register", json={})
         sent[name] = take_part(conn, name, encoding_trainer(conn, name), Traits())
 

@@ -29,7 +29,9 @@ def update_of(name: str) -> np.ndarray:
 def in_process_connection(service, name: str, app) -> Connection:
     conn = Connection.__new__(Connection)  # the retrying request loop, over the in-process app instead of HTTPS
     conn.http = TestClient(with_tls_extension(app, service.clients[name].tls))
-    conn.settings = type("Settings", (), {"give_up_after": 5.0})()
+    folder = service.root / "certs"  # the client's certificate and key sign its SecAgg messages; the CA checks its neighbours'
+    conn.settings = type("Settings", (), {"give_up_after": 5.0, "cert": folder / "clients" / f"{name}.pem",
+                                          "key": folder / "clients" / f"{name}.key", "ca": folder / certs.CA_CERT})()
     conn.delay = lambda attempt: 0.01
     return conn
 

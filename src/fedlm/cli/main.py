@@ -9,6 +9,7 @@ import typer
 from fedlm.cli import bench_cmd, certs_cmd, config_cmd, data_cmd, experiment_cmd, models_cmd, privacy_cmd
 from fedlm.cli.export_cmd import export_command
 from fedlm.cli.join_cmd import join_command
+from fedlm.cli.report_cmd import report_command
 from fedlm.cli.serve_cmd import serve_command
 from fedlm.cli.simulate import simulate_command
 from fedlm.config import settings_listing
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.command("simulate", epilog="Settings (--set section.key=value, or a TOML table per section):\n\n"
             + "\n\n".join(settings_listing()))(simulate_command)
 app.command("export")(export_command)
+app.command("report")(report_command)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(privacy_cmd.app, name="privacy")

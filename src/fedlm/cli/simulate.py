@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,9 @@ def simulate_command(
     data: Path | None = typer.Option(None, help="A folder of per-client text (sets data.source = 'folder')."),
     set_: list[str] = typer.Option([], "--set", help="Any setting as section.key=value (repeatable), e.g. --set strategy.server_lr=0.5"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    dashboard: bool = typer.Option(False, "--dashboard", help="Serve a live dashboard of the run on this machine "
+                                   "(loopback only, at a random URL printed at the start) until the run ends."),
+    dashboard_port: int | None = typer.Option(None, "--dashboard-port", help="The dashboard's port (default: a free one)."),
 ) -> None:
     """Simulate federated LoRA fine-tuning (clients in this process, or on --executor workers) and write a run directory.
 
@@ -135,8 +139,12 @@ def simulate_command(
     except ConfigError as err:
         console.print(f"[red]config error:[/] {escape(str(err))}")  # a value may look like Rich markup
         raise typer.Exit(2) from None
+    if dashboard_port is not None and not dashboard:
+        console.print("[red]error:[/] --dashboard-port needs --dashboard")
+        raise typer.Exit(2)
     out = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stop_dashboard = start_dashboard(out, dashboard_port or 0) if dashboard else None
     try:
         if quiet:
             summary = run_simulation(run_config, out, overwrite=overwrite, resume=resume)
@@ -148,4 +156,21 @@ def simulate_command(
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
+    finally:
+        if stop_dashboard is not None:  # also on Ctrl-C: the port is free again when the command returns
+            stop_dashboard()
+            console.print(f"dashboard stopped; `fedlm report {escape(str(out))}` writes the run's report", highlight=False)
     print_result(summary, out)
+
+
+def start_dashboard(out: Path, port: int) -> Callable[[], None]:
+    """Serve the live dashboard of run directory `out` on loopback; returns the function that stops it."""
+    from fedlm.dashboard.local import serve_run_dir
+
+    try:
+        url, stop = serve_run_dir(out, port=port)
+    except OSError as err:  # the port is taken, say
+        console.print(f"[red]error:[/] the dashboard could not listen on port {port}: {escape(err.strerror or str(err))}")
+        raise typer.Exit(2) from None
+    console.print(f"live dashboard (this machine only, until the run ends): {url}", highlight=False, soft_wrap=True)
+    return stop

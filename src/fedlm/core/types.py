@@ -24,7 +24,7 @@ class Task:
 
 # The names of the numbers a client may report with its update (client.train and updates.client make
 # them). The service refuses any other name: a free-form key would let text onto the server.
-CLIENT_METRICS = ("train_loss", "last_loss", "steps", "tokens", "update_norm", "unclipped", "bytes_up")
+CLIENT_METRICS = ("train_loss", "last_loss", "steps", "tokens", "update_norm", "unclipped", "bytes_up", "redacted")
 
 
 @dataclass(frozen=True)

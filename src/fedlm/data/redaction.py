@@ -179,18 +179,30 @@ def sample_texts(sample: str | Conversation) -> Iterator[str]:
         yield from (message.content for message in sample.messages)
 
 
-def count_placeholders(dataset: FederatedDataset) -> dict[str, int]:
-    """How many placeholders of each type the data set's samples hold (for summary.json), zero types left out.
+def placeholder_counts(samples: Iterable[str | Conversation]) -> Counter:
+    """How many placeholders of each type `samples` hold (after redaction: the values replaced, plus any
+    placeholder the files already held)."""
+    counts: Counter = Counter()
+    for sample in samples:
+        for text in sample_texts(sample):
+            if "<" in text:
+                counts.update(match.group(1) for match in _PLACEHOLDER.finditer(text))
+    return counts
 
-    After redaction these are the values replaced, plus any placeholder the files already held.
-    """
+
+def count_placeholders(dataset: FederatedDataset) -> dict[str, int]:
+    """Placeholders per type over every client's train and test samples (for summary.json), zero types left out."""
     counts: Counter = Counter()
     for client in dataset.clients:
-        for sample in (*client.train, *client.test):
-            for text in sample_texts(sample):
-                if "<" in text:
-                    counts.update(match.group(1) for match in _PLACEHOLDER.finditer(text))
+        counts += placeholder_counts((*client.train, *client.test))
     return dict(sorted(counts.items()))
+
+
+def redacted_per_client(dataset: FederatedDataset, config: RunConfig) -> dict[str, int]:
+    """Each client's placeholders in its training samples (the `redacted` client metric), or {} when redaction is off."""
+    if not is_redaction_on(config.redaction, config.data.source):
+        return {}
+    return {client.client_id: sum(placeholder_counts(client.train).values()) for client in dataset.clients}
 
 
 def redaction_summary(dataset: FederatedDataset, config: RunConfig) -> dict[str, int] | None:

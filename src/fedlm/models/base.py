@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,12 @@ def resolve_model_dir(name: str) -> Path:
     )
 
 
+# transformers' from_pretrained patches torch.nn.init process-wide while it builds a model (no_init_weights): a LoRA
+# layer initialised in another thread meanwhile keeps uninitialised memory (NaN losses, measured with two in-process
+# `fedlm join` clients). Building a model (loading it, attaching the adapter) takes turns in one process.
+MODEL_BUILDING = threading.RLock()
+
+
 def load_base_model(
     name: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "float32", load_in_4bit: bool = False,
     gradient_checkpointing: bool = False,
@@ -93,7 +100,13 @@ def load_base_model(
     target, weights = resolve_device(device), resolve_dtype(dtype)
     if load_in_4bit:
         check_4bit(target)
-    path = resolve_model_dir(name)
+    with MODEL_BUILDING:
+        return _load(name, path=resolve_model_dir(name), target=target, weights=weights, load_in_4bit=load_in_4bit,
+                     gradient_checkpointing=gradient_checkpointing)
+
+
+def _load(name: str, *, path: Path, target: torch.device, weights: torch.dtype, load_in_4bit: bool,
+          gradient_checkpointing: bool) -> BaseModel:
     if load_in_4bit:
         model = AutoModelForCausalLM.from_pretrained(
             path, quantization_config=quantization_config(weights), dtype=weights, device_map={"": target},

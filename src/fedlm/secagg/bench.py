@@ -4,7 +4,11 @@ Used by `fedlm bench secagg` and benchmarks/secagg.py. Inputs are drawn per clie
 a seeded generator when the protocol asks for them (their drawing is not timed), so
 memory holds one input at a time, as in a real round. `dropout` makes that share of the
 cohort fall silent after sharing keys, the costly case: the server must recover each
-dropped client's masking key and strip its pairwise masks from the sum.
+dropped client's masking key and strip its pairwise masks from the sum. The protocol is
+the one every round runs, signatures included: each client signs its advert and its
+confirmation of the survivor sets and checks its neighbours' (Ed25519 in process), so
+the client's `share` and `unmask` seconds include verifying k signatures each, and
+`confirm` is the consistency check's stage.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from fedlm.core.types import Update
 from fedlm.secagg.graph import effective_degree
 from fedlm.secagg.messages import RoundFailed
-from fedlm.secagg.session import StageClock, make_server, run_round
+from fedlm.secagg.session import PROTOCOL_STAGES, StageClock, make_server, run_round
 from fedlm.server.rounds import accept_update, initial_state, open_round
 from fedlm.updates.pipeline import fedavg_pipeline
 
@@ -84,8 +88,8 @@ def measure(clients: int, params: int, *, neighbours: int = 0, threshold: float 
         "clients": clients, "params": params, "neighbours": effective_degree(neighbours, clients),
         "threshold": server.threshold, "dropped": len(dropped), "recovered": result is not None,
         "seconds": seconds,
-        "client_seconds": {s: clock.client[s] / clients for s in ("advertise", "share", "mask", "unmask")},
-        "server_seconds": {s: clock.server[s] for s in ("advertise", "share", "mask", "unmask")},
+        "client_seconds": {s: clock.client[s] / clients for s in PROTOCOL_STAGES},
+        "server_seconds": {s: clock.server[s] for s in PROTOCOL_STAGES},
         "plain_aggregation_seconds": plain_aggregation_seconds(cohort, params, seed),
     }
     if result is None:

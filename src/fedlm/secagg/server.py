@@ -8,6 +8,14 @@ self-mask seed and each dropped client's masking key from `threshold` shares; th
 is checked against its commitment and the key against its public key, so a wrong share
 cannot produce a wrong sum. Where a secret cannot be recovered, `finish` raises
 RoundFailed and nothing is released.
+
+Between masking and unmasking sits the consistency check of Bonawitz et al. 2017 §6: the
+survivors sign the survivor and dropped sets, and each survivor's unmask request carries
+its neighbours' signatures (secagg.client says why that stops a lying server). An honest
+server also checks signatures itself (`check_signed`, given the clients' verifier) so that
+one client's bad signature is refused on receipt instead of making its neighbours abort;
+it is a separate step so that replaying a log of already-checked messages never depends
+on a certificate's dates or a revocation list that changed since.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import numpy as np
 from fedlm.secagg import keys, shamir
 from fedlm.secagg.encoding import FixedPoint
 from fedlm.secagg.graph import neighbour_graph
+from fedlm.secagg.identity import MAX_CREDENTIAL_BYTES, MAX_SIGNATURE_BYTES, Verifier, advert_message, survivors_message
 from fedlm.secagg.masking import pair_mask_seed, pair_sign, seed_commitment, self_mask_seed
 from fedlm.secagg.messages import (
     KeysAdvert,
@@ -29,12 +38,14 @@ from fedlm.secagg.messages import (
     SealedShares,
     SecAggError,
     SharesForYou,
+    SurvivorSets,
+    SurvivorsSignature,
     UnmaskRequest,
     UnmaskShares,
 )
 from fedlm.secagg.prg import MaskStream
 
-STAGES = ("advertise", "share", "mask", "unmask", "done")
+STAGES = ("advertise", "share", "mask", "confirm", "unmask", "done")
 
 
 class SecAggServer:
@@ -54,6 +65,7 @@ class SecAggServer:
         self.sealed: dict[str, SealedShares] = {}
         self.total = np.zeros(size, np.uint32)
         self.masked: list[str] = []
+        self.confirmations: dict[str, SurvivorsSignature] = {}
         self.replies: dict[str, UnmaskShares] = {}
         self.survivors: tuple[str, ...] = ()
         self.dropped: tuple[str, ...] = ()
@@ -89,6 +101,8 @@ class SecAggServer:
         if not (keys.is_usable_public(message.cipher_public) and keys.is_usable_public(message.mask_public)):
             # a low-order point makes every agreement with it fail: the neighbours (and finish) would raise
             raise SecAggError(f"{message.client} advertised a public key that agrees no secret (a low-order point)")
+        if not 0 < len(message.credential) <= MAX_CREDENTIAL_BYTES or not 0 < len(message.signature) <= MAX_SIGNATURE_BYTES:
+            raise SecAggError(f"{message.client} advertised no usable credential or signature")
 
     def receive_advert(self, message: KeysAdvert) -> None:
         self.check_advert(message)
@@ -98,8 +112,7 @@ class SecAggServer:
         self._close("advertise", list(self.adverts))
 
     def neighbour_keys(self, client: str) -> NeighbourKeys:
-        peers = [p for p in self.graph[client] if p in self.adverts]
-        return NeighbourKeys(self.round, {p: (self.adverts[p].cipher_public, self.adverts[p].mask_public) for p in peers})
+        return NeighbourKeys(self.round, {p: self.adverts[p] for p in self.graph[client] if p in self.adverts})
 
     # share keys
     def check_shares(self, message: SealedShares) -> None:
@@ -136,18 +149,42 @@ class SecAggServer:
         np.add(self.total, message.vector, out=self.total)
         self.masked.append(message.client)
 
-    def close_masking(self) -> UnmaskRequest:
+    def close_masking(self) -> SurvivorSets:
         self._close("mask", self.masked)
         self.survivors = tuple(sorted(self.masked))
         self.dropped = tuple(sorted(set(self.sealed) - set(self.masked)))
-        return UnmaskRequest(self.round, self.survivors, self.dropped)
+        return self.survivor_sets()
+
+    # confirm the survivor sets
+    def survivor_sets(self) -> SurvivorSets:
+        return SurvivorSets(self.round, self.survivors, self.dropped)
+
+    def check_confirmation(self, message: SurvivorsSignature) -> None:
+        """Raise SecAggError unless `receive_confirmation` would take the message (changes nothing)."""
+        self._expect("confirm", message.client, message.round, self.confirmations)
+        if message.client not in self.survivors:
+            raise SecAggError(f"{message.client} confirms the survivor sets but is not a survivor")
+        if not 0 < len(message.signature) <= MAX_SIGNATURE_BYTES:
+            raise SecAggError(f"{message.client} sent no usable signature")
+
+    def receive_confirmation(self, message: SurvivorsSignature) -> None:
+        self.check_confirmation(message)
+        self.confirmations[message.client] = message
+
+    def close_confirming(self) -> None:
+        self._close("confirm", list(self.confirmations))
+
+    def unmask_request(self, client: str) -> UnmaskRequest:
+        """The sets, with the signatures of `client`'s neighbours that confirmed them (the ones it can check)."""
+        signatures = {p: self.confirmations[p].signature for p in self.graph[client] if p in self.confirmations}
+        return UnmaskRequest(self.round, self.survivors, self.dropped, signatures)
 
     # unmask
     def check_unmask(self, message: UnmaskShares) -> None:
         """Raise SecAggError unless `receive_unmask` would take the message (changes nothing)."""
         self._expect("unmask", message.client, message.round, self.replies)
-        if message.client not in self.survivors:
-            raise SecAggError(f"{message.client} answers the unmask stage but is not a survivor")
+        if message.client not in self.confirmations:
+            raise SecAggError(f"{message.client} answers the unmask stage but did not confirm the survivor sets")
         peers = set(self.shares_for(message.client).sealed)  # the clients it masked with
         if set(message.seed_shares) != peers & set(self.survivors) or set(message.key_shares) != peers & set(self.dropped):
             raise SecAggError(f"{message.client} must send exactly the seed shares of its surviving "
@@ -211,3 +248,19 @@ class SecAggServer:
             if survivor in self.sealed[dropped].sealed:  # the survivor holds its shares: it masked with it
                 seed = pair_mask_seed(private, self.adverts[survivor].mask_public, self.round)
                 stream.add(total, seed, -pair_sign(survivor, dropped))
+
+
+def check_signed(server: SecAggServer, message: KeysAdvert | SurvivorsSignature, verify: Verifier) -> None:
+    """SecAggError unless `message` is signed by its sender's identity (the advert's credential; for a
+    confirmation, the credential of the sender's advert). Run after the server's `check_*`; changes nothing."""
+    if isinstance(message, KeysAdvert):
+        signed = advert_message(message.round, message.client, message.cipher_public, message.mask_public)
+        credential = message.credential
+    else:
+        advert = server.adverts.get(message.client)
+        if advert is None:
+            raise SecAggError(f"{message.client} confirms the survivor sets but advertised no keys")
+        signed = survivors_message(message.round, advert.mask_public, server.survivors, server.dropped)
+        credential = advert.credential
+    if not verify(message.client, credential, signed, message.signature):
+        raise SecAggError(f"the signature of {message.client} does not verify with its credential")

@@ -1,10 +1,14 @@
 """Run one SecAgg+ round in process: the server and client state machines, messages passed as objects.
 
 The simulation, the benchmark and the tests drive the protocol through here; the network
-service will move the same messages over HTTP. Clients answer in cohort order and each
+service moves the same messages over HTTP. Clients answer in cohort order and each
 masked input is folded before the next client computes its own, so memory holds one
 input besides the sum. `drop` makes a client fall silent from a stage on, to exercise
 recovery. Seconds per stage are kept for each side.
+
+Each client signs its advert and its confirmation of the survivor sets with an Ed25519
+key from a `Directory` made fresh for the round (secagg.identity), which stands in for
+the service's certificates: the same protocol, with the same checks, as the service runs.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import numpy as np
 from fedlm.secagg.client import SecAggClient
 from fedlm.secagg.encoding import FixedPoint
 from fedlm.secagg.graph import effective_degree, threshold_for
+from fedlm.secagg.identity import Directory, make_directory
 from fedlm.secagg.keys import ShareTampered
 from fedlm.secagg.messages import SecAggError
 from fedlm.secagg.prg import MaskStream
 from fedlm.secagg.server import SecAggServer
 
-PROTOCOL_STAGES = ("advertise", "share", "mask", "unmask")
+PROTOCOL_STAGES = ("advertise", "share", "mask", "confirm", "unmask")
 # fills `out` (float32) with a client's input; returns False when the client fails to produce one
 InputSource = Callable[[str, np.ndarray], bool]
 
@@ -64,16 +69,21 @@ def run_round(
     *,
     drop: dict[str, str] | None = None,
     clock: StageClock | None = None,
+    directory: Directory | None = None,
 ) -> SecureSum:
-    """Drive every stage; raises RoundFailed (nothing released) if too few survive."""
+    """Drive every stage; raises RoundFailed (nothing released) if too few survive.
+
+    `directory` holds the clients' identity keys (default: a fresh one for this round)."""
     drop, clock = drop or {}, clock or StageClock()
+    directory = directory or make_directory(server.cohort)
     silent: set[str] = set()
 
     def answering(stage: str, among: Sequence[str]) -> list[str]:
         silent.update(c for c in among if drop.get(c) == stage)
         return [c for c in among if c not in silent]
 
-    clients = {c: SecAggClient(c, server.parameters(c)) for c in server.cohort}
+    clients = {c: SecAggClient(c, server.parameters(c), signer=directory.signers[c], verify=directory.verify)
+               for c in server.cohort}
     for c in answering("advertise", server.cohort):
         server.receive_advert(clock.timed("client", "advertise", clients[c].advertise))
     clock.timed("server", "advertise", server.close_advertising)
@@ -86,12 +96,19 @@ def run_round(
     clock.timed("server", "share", server.close_sharing)
     stream = MaskStream(server.size)
     mask_inputs(server, clients, answering("mask", list(server.sealed)), source, rngs, clock, stream)
-    request = clock.timed("server", "mask", server.close_masking)
-    for c in answering("unmask", list(request.survivors)):
+    sets = clock.timed("server", "mask", server.close_masking)
+    for c in answering("confirm", list(sets.survivors)):
         try:
-            reply = clock.timed("client", "unmask", lambda: clients[c].unmask(request))
+            signed = clock.timed("client", "confirm", lambda: clients[c].confirm(sets))
         except SecAggError:
-            continue  # a client that refuses the request (too few survivors) sends nothing
+            continue  # a client that refuses the sets (too few survivors) sends nothing
+        clock.timed("server", "confirm", lambda: server.receive_confirmation(signed))
+    clock.timed("server", "confirm", server.close_confirming)
+    for c in answering("unmask", list(server.confirmations)):
+        try:
+            reply = clock.timed("client", "unmask", lambda: clients[c].unmask(server.unmask_request(c)))
+        except SecAggError:
+            continue  # too few of its neighbours confirmed the sets: it releases nothing
         clock.timed("server", "unmask", lambda: server.receive_unmask(reply))
     total = clock.timed("server", "unmask", lambda: server.finish(stream))
     return SecureSum(total, server.survivors, server.dropped)

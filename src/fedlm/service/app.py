@@ -42,6 +42,7 @@ from fedlm.service.request_guard import (
     BodyRefused, RequestGuard, RequestLimits, Reservation, StagingSpace, UploadSlots, content_length,
 )
 from fedlm.service.scheduling import Traits
+from fedlm.service.dashboard_routes import dashboard_router
 from fedlm.service.secagg_routes import secagg_router
 from fedlm.service.settings import ServerSection
 
@@ -119,9 +120,11 @@ Client = Annotated[str, Depends(identity)]
 
 
 def create_app(coordinator: Coordinator, verifier: ClientVerifier, *, max_upload_bytes: int, population: int,
-               tick_seconds: float = 0.5, limits: RequestLimits | None = None) -> FastAPI:
-    """`limits` (RequestLimits.of(settings.server)) default to server.toml's defaults."""
+               tick_seconds: float = 0.5, limits: RequestLimits | None = None, operators: tuple[str, ...] = ()) -> FastAPI:
+    """`limits` (RequestLimits.of(settings.server)) default to server.toml's defaults; `operators` (server.operators)
+    are the client ids that may use /dashboard."""
     metrics = ServiceMetrics()
+    metrics.watch_monitoring(coordinator.monitoring_snapshot)  # alert counts and update-norm quantiles on /metrics
     limits = limits or RequestLimits.of(ServerSection())
     trail = AuthTrail(coordinator.store, metrics)
     slots, staging = UploadSlots(), StagingSpace(limits.max_staging_bytes)
@@ -135,6 +138,7 @@ def create_app(coordinator: Coordinator, verifier: ClientVerifier, *, max_upload
     app = FastAPI(title="fedlm coordinator", version="1", lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None, description="Federated LoRA fine-tuning: clients authenticate with mTLS; the CN is the client id.")
     app.state.verifier, app.state.limits, app.state.auth_trail = verifier, limits, trail  # service.tls reads the last two
+    app.state.operators = tuple(operators)  # service.dashboard_routes reads it
     app.add_middleware(RequestGuard, limits=limits)
 
     @app.exception_handler(Refused)
@@ -236,6 +240,7 @@ def create_app(coordinator: Coordinator, verifier: ClientVerifier, *, max_upload
         return receipt
 
     app.include_router(secagg_router(coordinator, identity))
+    app.include_router(dashboard_router(coordinator, identity))  # operators only: app.state.operators (server.operators)
 
     @app.get("/metrics", response_class=Response, include_in_schema=False)
     def prometheus(client: Client) -> Response:  # scrapers present a certificate issued by the CA too

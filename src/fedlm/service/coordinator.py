@@ -7,7 +7,7 @@ re-opens the same round and re-folds the same updates in the same order (the sam
 bytes, hence the same sum). All checks on an upload run before anything is written: a
 refused upload leaves the round, the tables and the blobs as they were (only the audit
 log notes the refusal). Under secure aggregation a round goes through the SecAgg
-stages (`RoundRow.stage`: advertise, share, mask, unmask), each a relay of typed messages
+stages (`RoundRow.stage`: advertise, share, mask, confirm, unmask), each a relay of typed messages
 to the protocol's server state machine (service.secure_stages); `collect` is the plain stage.
 """
 
@@ -25,6 +25,11 @@ import numpy as np
 
 from fedlm.config import RunConfig
 from fedlm.core.types import Task, Update
+from fedlm.monitoring.alerts import describe_alert
+from fedlm.monitoring.history import MonitorHistory, history_from_records
+from fedlm.monitoring.review import RoundReview, per_client_unavailable, review_round
+from fedlm.monitoring.sketch import make_sketcher
+from fedlm.monitoring.watch import RoundWatch, observe, open_watch
 from fedlm.privacy.accountant import epsilon_without_sampling
 from fedlm.server.rounds import (
     OpenRound, ServerState, UpdateRejected, accept_update, check_update, close_round, dominance_warning, initial_state,
@@ -36,7 +41,7 @@ from fedlm.service.errors import Refused
 from fedlm.service.blobs import CorruptBlob
 from fedlm.service.payloads import MalformedUpdate, decode_state, encode_state, read_masked, read_update
 from fedlm.service.privacy_budget import SAMPLING_ASSUMPTION, budget_stop, privacy_fields
-from fedlm.service.registry import Evaluator, should_promote
+from fedlm.service.registry import Evaluator, as_evaluation, regressed_slices, should_promote
 from fedlm.service.scheduling import Traits, ineligibility, invited_count, select_cohort
 from fedlm.service.secagg_codec import parameters_answer
 from fedlm.service.secure_stages import SecureStages, make_secagg_server
@@ -83,12 +88,27 @@ class Coordinator(SecureStages):
         # (ledger length, rounds done), not recomputed on every poll
         self._budget_memo: tuple[tuple[int, int], str | None] = ((-1, -1), None)
         self._unsampled_memo: tuple[int, float | None] = (-1, None)
+        self._init_monitoring(initial_global.size)
         self.state, self.rnd, self.round_row = self._recover(initial_global)
         if self._failed_on_replay is not None:  # a logged stage closing failed: the round ends as it would have
             with self.lock:
                 self._abandon(f"on restart: {self._failed_on_replay}")
 
     # ---- start-up -------------------------------------------------------------------
+    def _init_monitoring(self, size: int) -> None:
+        """Per-round update statistics and alerts ([monitoring]); per-client figures only where the server may see them."""
+        noise = max(self.run.privacy.noise_multiplier, self.pipeline.privacy.noise_multiplier if self.pipeline.privacy else 0.0)
+        self.monitor_unavailable = per_client_unavailable(secure=self.pipeline.mask is not None, noise_multiplier=noise)
+        wanted = self.run.monitoring.enabled and self.monitor_unavailable is None
+        self.sketcher = make_sketcher(size, self.run.run.seed) if wanted else None
+        self.watch: RoundWatch | None = None
+        self.alert_counts: dict[str, int] = {}  # alerts raised by kind since this process started (a Prometheus counter)
+        self.last_monitor: dict[str, Any] = {}  # the last closed round's "monitor" object
+        self.monitor_history = MonitorHistory()  # rebuilt from the versions' metrics on restart (_recover)
+
+    def _open_watch(self, cohort_size: int) -> RoundWatch | None:
+        return open_watch(self.sketcher, cohort_size) if self.sketcher is not None else None
+
     def _recover(self, initial_global: np.ndarray) -> tuple[ServerState, OpenRound | None, db.RoundRow | None]:
         """The last committed version, and the open round re-folded from its accepted updates."""
         with self.store.session() as session:
@@ -101,6 +121,7 @@ class Coordinator(SecureStages):
                 return state, None, None
             state = decode_state(self.blobs.read(latest.state_sha256))
             state = replace(state, rounds_done=max(state.rounds_done, db.last_closed_round(session)))
+            self.monitor_history = history_from_records(v.metrics for v in db.versions(session) if v.round > 0)
             row = db.open_round_row(session)
             if row is None:
                 return state, None, None
@@ -111,6 +132,7 @@ class Coordinator(SecureStages):
                 self._failed_on_replay = self._replay_secagg(session, rnd, row.stage, state.ledger)
                 detail = f"SecAgg log replayed to stage {row.stage}, {len(self.secure.masked)} masked inputs"
             else:
+                self.watch = self._open_watch(len(rnd.cohort))
                 for update in db.accepted_updates(session, row.round):
                     try:
                         vector = self._read_plain(self.blobs.verified_path(update.sha256), update.client_id, update.round,
@@ -119,6 +141,8 @@ class Coordinator(SecureStages):
                         self._lose_update(session, update, err)
                         continue
                     accept_update(rnd, Update(update.round, update.version, update.client_id, update.num_samples, vector, update.metrics))
+                    if self.watch is not None:
+                        observe(self.watch, update.client_id, vector)
                 for client, status in db.tasks_of(session, row.round).items():
                     if status == "failed":
                         mark_failed(rnd, client)
@@ -252,7 +276,7 @@ class Coordinator(SecureStages):
             session.flush()
             session.add_all(db.TaskRow(round=round, client_id=c, status="assigned") for c in cohort)
             db.audit(session, "round_opened", round=round, detail=f"cohort {len(cohort)}, target {target}")
-        self.rnd, self.round_row = rnd, row
+        self.rnd, self.round_row, self.watch = rnd, row, self._open_watch(len(cohort))
         self.secure, self.secure_metrics = (make_secagg_server(rnd, self.run.run.seed) if secure else None), {}
         log.info("round %d opened: %d invited, %d needed", round, len(cohort), target,
                  extra={"round": round, "version": self.state.version, "cohort": len(cohort), "target": target, "stage": stage})
@@ -329,6 +353,8 @@ class Coordinator(SecureStages):
             session.get(db.TaskRow, (update.round, update.client_id)).status = "accepted"
             db.audit(session, "update_accepted", client_id=update.client_id, round=update.round, size=staged.size, sha256=sha)
         accept_update(self.rnd, update)  # only after the commit: a crash before it loses nothing accepted
+        if self.watch is not None:
+            observe(self.watch, update.client_id, update.vector)
         log.info("accepted update round=%d client=%s size=%d sha256=%s", update.round, update.client_id, staged.size, sha,
                  extra={"client_id": update.client_id, "round": update.round, "size": staged.size, "sha256": sha})
         if len(self.rnd.weights) >= self.round_row.target:
@@ -349,10 +375,16 @@ class Coordinator(SecureStages):
         new_state, outcome = close_round(self.state, rnd)
         privacy = privacy_fields(self.pipeline.privacy, new_state.ledger)
         metrics = {**self._round_metrics(rnd, reason), **privacy}
+        if outcome.committed and self.evaluator is not None:
+            evaluation = as_evaluation(self.evaluator(new_state.global_vector))
+            metrics["eval_loss"] = evaluation.loss
+            if evaluation.slices:
+                metrics["eval_slices"] = evaluation.slices  # per sub-folder of registry.eval_data
+        review = self._review(rnd, metrics)
         stop = budget_stop(self.pipeline.privacy, new_state.ledger, rnd.round + 1)
         with self.store.session() as session:
             if outcome.committed:
-                self._commit_new_version(session, new_state, rnd.round, metrics)
+                new_state = self._commit_new_version(session, new_state, rnd.round, metrics)
             self._record_ledger(session, new_state, rnd.round, privacy.get("epsilon"))
             if stop is not None:
                 db.audit(session, "budget_exhausted", round=rnd.round, detail=stop)
@@ -366,6 +398,7 @@ class Coordinator(SecureStages):
                      detail=f"{reason}; {len(outcome.accepted)} accepted, {len(outcome.failed)} failed, v{outcome.version}")
         self.state, self.rnd, self.round_row, self.secure, self.secure_metrics = new_state, None, None, None, {}
         self._budget_memo = ((len(new_state.ledger.entries), new_state.rounds_done), stop)
+        self._raise_alerts(rnd.round, review)
         log.info("round %d closed (%s): version %d", rnd.round, reason, outcome.version,
                  extra={"round": rnd.round, "version": outcome.version, "accepted": len(outcome.accepted),
                         "failed": len(outcome.failed), **privacy})
@@ -378,21 +411,73 @@ class Coordinator(SecureStages):
         if (warning := dominance_warning(rnd)) is not None:
             log.warning(warning, extra={"round": rnd.round})
         return {"accepted": len(rnd.weights), "failed": len(rnd.failed), "cohort": len(rnd.cohort),
-                "max_client_share": weight_share(rnd), "train_loss": train_loss, "closed_by": reason}
+                "max_client_share": weight_share(rnd), "train_loss": train_loss, "closed_by": reason,
+                "redacted": int(sum(m.get("redacted", 0) for m in rnd.metrics.values()))}  # PII values replaced, per the clients
 
-    def _commit_new_version(self, session: Any, state: ServerState, round: int, metrics: dict[str, Any]) -> None:
-        if self.evaluator is not None:
-            metrics["eval_loss"] = float(self.evaluator(state.global_vector))
+    def _review(self, rnd: OpenRound, metrics: dict[str, Any]) -> RoundReview | None:
+        """The round's monitoring verdict, its "monitor" object and "alerts" list put into `metrics` (monitoring on)."""
+        if not self.run.monitoring.enabled:
+            return None
+        review = review_round({**metrics, "round": rnd.round}, watch=self.watch, history=self.monitor_history,
+                              settings=self.run.monitoring, expected=min(len(rnd.cohort), self.round_row.target),
+                              unavailable=self.monitor_unavailable)
+        metrics["monitor"], metrics["alerts"] = review.monitor, review.alerts
+        return review
+
+    def _raise_alerts(self, round: int, review: RoundReview | None) -> None:
+        """Once the round is stored: each alert as one warning line and a count, and the history moves on."""
+        self.watch = None
+        if review is None:
+            return
+        self.monitor_history, self.last_monitor = review.history, review.monitor
+        for alert in review.alerts:
+            self.alert_counts[alert["kind"]] = self.alert_counts.get(alert["kind"], 0) + 1
+            fields = {"round": round, "alert": alert["kind"], **({"client_id": alert["client"]} if "client" in alert else {})}
+            log.warning(describe_alert(alert), extra=fields)
+
+    def monitoring_snapshot(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """Alerts raised by kind since start-up and the last closed round's "monitor" object (for /metrics)."""
+        with self.lock:
+            return dict(self.alert_counts), dict(self.last_monitor)
+
+    def _commit_new_version(self, session: Any, state: ServerState, round: int, metrics: dict[str, Any]) -> ServerState:
+        """Commit the round's version through the canary gate; returns the state training goes on from (the new version,
+        or with registry.on_regression = "rollback" and a regression, a copy of the production version)."""
         production = db.production_version(session)
         production_row = session.get(db.VersionRow, production) if production is not None else None
-        production_loss = production_row.metrics.get("eval_loss") if production_row is not None else None
-        promote = should_promote(metrics.get("eval_loss"), production_loss, self.registry.canary_margin)
+        before = dict(production_row.metrics) if production_row is not None else {}
+        margin = self.registry.canary_margin
+        worse = not should_promote(metrics.get("eval_loss"), before.get("eval_loss"), margin)
+        slices = regressed_slices(metrics.get("eval_slices") or {}, before.get("eval_slices") or {}, margin)
+        promote = not worse and not slices
         self._commit_version(session, state, round=round, metrics=metrics, status="promoted" if promote else "held")
         if promote:
             db.set_production(session, state.version)
-        else:
-            db.audit(session, "canary_held", round=round, detail=f"v{state.version} eval loss {metrics['eval_loss']:.4f} "
-                     f"worse than production v{production} {production_loss:.4f} by more than the margin")
+            return state
+        what = ", ".join(([f"overall {metrics['eval_loss']:.4f} vs {before['eval_loss']:.4f}"] if worse else [])
+                         + [f"slice {name} {metrics['eval_slices'][name]:.4f} vs {before['eval_slices'][name]:.4f}"
+                            for name in slices])
+        db.audit(session, "canary_held", round=round, detail=f"v{state.version} worse than production v{production} "
+                 f"by more than the margin {margin:g}: {what}")
+        log.warning("round %d: version %d not promoted (worse than production v%d: %s)", round, state.version, production,
+                    what, extra={"round": round, "version": state.version})
+        if self.registry.on_regression != "rollback":
+            return state
+        return self._restore(session, state, production_row, round)
+
+    def _restore(self, session: Any, held: ServerState, production: db.VersionRow, round: int) -> ServerState:
+        """registry.on_regression = "rollback": the next version is production's model and optimizer state again, so
+        the next round trains from it. Spent privacy stays spent (the ledger, rounds done and clip norm go on)."""
+        saved = decode_state(self.blobs.read(production.state_sha256))
+        restored = replace(saved, version=held.version + 1, rounds_done=held.rounds_done, clip_norm=held.clip_norm,
+                           ledger=held.ledger)
+        self._commit_version(session, restored, round=round, status="restored",
+                             metrics={"restored_from": production.version, "rolled_back": held.version})
+        db.audit(session, "canary_rollback", round=round, detail=f"v{held.version} rolled back: training goes on from "
+                 f"v{restored.version}, a copy of production v{production.version}")
+        log.warning("round %d: rolled back to production v%d (as v%d)", round, production.version, restored.version,
+                    extra={"round": round, "version": restored.version})
+        return restored
 
     def _record_ledger(self, session: Any, state: ServerState, round: int, epsilon: float | None) -> None:
         """The round's DP event and epsilon so far (-1 when unbounded) in the privacy_ledger table."""

@@ -22,6 +22,7 @@ import numpy as np
 from fedlm.config import RunConfig, config_from_dict
 from fedlm.core.types import Task
 from fedlm.data.blocks import Blocks
+from fedlm.data.redaction import is_redaction_on, placeholder_counts
 from fedlm.updates.client import Encoder, WireEncoder, compression_of, make_encoder, make_wire_encoder
 
 log = logging.getLogger("fedlm.join")
@@ -37,6 +38,7 @@ class LocalTrainer:
     private: np.ndarray  # client-side state: never sent
     residual: np.ndarray | None  # top-k error feedback, client-side state
     sends_payload: bool = False  # the run compresses outside SecAgg: `train` returns the wire payload
+    redacted: int | None = None  # placeholders in this client's training samples when redaction is on (a count, never values)
 
     @classmethod
     def build(cls, config: dict[str, Any], data: Path, *, client_id: str, threads: int = 1, device: str = "",
@@ -51,6 +53,7 @@ class LocalTrainer:
         run = replace(run, model=model, data=replace(run.data, encoding=encoding or run.data.encoding))
         work = make_work(run)
         samples = work.read_client(Path(data))
+        redacted = sum(placeholder_counts(samples).values()) if is_redaction_on(run.redaction, "folder") else None
         parts = assemble(run, population=int(config["population"]), work=work)
         adapter = parts.adapter
         if adapter.shared_spec.size != config["update_size"]:
@@ -64,7 +67,8 @@ class LocalTrainer:
         residual = np.zeros(adapter.shared_spec.size, np.float32) if run.compression.sparsify == "top_k" else None
         sends_payload = compression_of(parts.pipeline).kind != "dense" and parts.pipeline.mask is None
         encode = (make_wire_encoder if sends_payload else make_encoder)(parts.pipeline, seed=run.run.seed)
-        return cls(run, client_id, parts, encoded.blocks, encode, adapter.initial_private.copy(), residual, sends_payload)
+        return cls(run, client_id, parts, encoded.blocks, encode, adapter.initial_private.copy(), residual, sends_payload,
+                   redacted)
 
     def train(self, task: dict[str, Any], global_vector: np.ndarray) -> tuple[np.ndarray | bytes, int, dict[str, float]]:
         """Train on the task; returns the encoded update (float32 after the pipeline's client steps, or the wire
@@ -90,4 +94,6 @@ class LocalTrainer:
             rounds=self.run.federation.rounds,
         )
         metrics = {k: float(v) for k, v in update.metrics.items()}
+        if self.redacted is not None:
+            metrics["redacted"] = float(self.redacted)
         return (payloads[-1] if self.sends_payload else update.vector), update.num_samples, metrics

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fedlm.monitoring.alerts import ALERT_KINDS
+from fedlm.monitoring.statistics import QUANTILES
+
+# (alerts raised by kind since start-up, the last closed round's "monitor" object): Coordinator.monitoring_snapshot
+MonitoringSnapshot = Callable[[], tuple[dict[str, int], dict[str, Any]]]
 
 
 class ServiceMetrics:
@@ -21,5 +32,36 @@ class ServiceMetrics:
         self.rounds_done = Gauge("fedlm_rounds_done", "Rounds closed", registry=self.registry)
         self.version = Gauge("fedlm_global_version", "The latest global model version", registry=self.registry)
 
+    def watch_monitoring(self, snapshot: MonitoringSnapshot) -> None:
+        """Expose drift and anomaly monitoring, read from `snapshot` at every scrape (see MonitoringCollector)."""
+        self.registry.register(MonitoringCollector(snapshot))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class MonitoringCollector(Collector):
+    """fedlm_alerts_total{kind} (every kind, 0 until raised) and, when the server saw single updates in the last
+    closed round, fedlm_update_norm_quantile{quantile} and fedlm_update_cosine_quantile{quantile}; under secure
+    aggregation or differential privacy the quantile gauges are absent, and fedlm_update_stats_per_client says 0."""
+
+    def __init__(self, snapshot: MonitoringSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        counts, monitor = self.snapshot()
+        alerts = CounterMetricFamily("fedlm_alerts", "Monitoring alerts raised since start-up, by kind", labels=["kind"])
+        for kind in ALERT_KINDS:
+            alerts.add_metric([kind], counts.get(kind, 0))
+        yield alerts
+        yield GaugeMetricFamily("fedlm_update_stats_per_client", "1 when the last closed round's per-client update "
+                                "statistics were observed (0 under secure aggregation or DP, or before any round)",
+                                value=1 if monitor.get("per_client") else 0)
+        for name, key, what in (("fedlm_update_norm_quantile", "norm", "L2 norms of the client updates"),
+                                ("fedlm_update_cosine_quantile", "cosine", "cosines of each update to the others'")):
+            summary = monitor.get(key) if monitor.get("per_client") else None
+            if summary:
+                gauge = GaugeMetricFamily(name, f"Quantiles of the last closed round's {what}", labels=["quantile"])
+                for label, q in QUANTILES:
+                    gauge.add_metric([f"{q:g}"], summary[label])
+                yield gauge

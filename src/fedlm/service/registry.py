@@ -1,17 +1,21 @@
 """The model registry: every round commits a version; a canary gate decides which one serves.
 
 A new version whose held-out evaluation loss is worse than the production version's by
-more than `registry.canary_margin` is kept (training goes on from it: one noisy round
-must not fork the run) but not promoted; `rollback` points production at any stored
-version. Export writes a version as a PEFT adapter directory that loads as it is (with a model
+more than `registry.canary_margin`, overall or on any slice of the evaluation folder (each
+sub-folder of `registry.eval_data` is a slice: a site, a language, a kind of document), is
+not promoted. With `registry.on_regression = "hold"` it is kept and training goes on from
+it (one noisy round must not fork the run); with "rollback" training goes back to the
+production version (the coordinator commits a copy of it as the next version, so every
+task still names the version whose blob it downloads). `rollback` points production at
+any stored version. Export writes a version as a PEFT adapter directory that loads as it is (with a model
 card), or as the base model with the adapter merged in.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,32 @@ from fedlm.service import store as db
 from fedlm.service.blobs import BlobStore
 from fedlm.service.payloads import decode_state
 
-Evaluator = Callable[[np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A version's held-out loss over the whole evaluation folder, and per slice (its sub-folders) when it has several."""
+
+    loss: float
+    slices: dict[str, float] = field(default_factory=dict)
+
+
+Evaluator = Callable[[np.ndarray], "float | Evaluation"]
+
+
+def as_evaluation(value: float | Evaluation) -> Evaluation:
+    return value if isinstance(value, Evaluation) else Evaluation(float(value))
+
+
+def regressed_slices(new: Mapping[str, float], production: Mapping[str, float], margin: float) -> list[str]:
+    """The slices both versions were scored on whose new loss is worse than production's by more than `margin`
+    (a new loss that is not finite counts as worse), in name order."""
+    worse = []
+    for name in sorted(set(new) & set(production)):
+        before, after = production[name], new[name]
+        if math.isfinite(before) and not (math.isfinite(after) and after <= before + margin):
+            worse.append(name)
+    return worse
 
 
 def should_promote(new_loss: float | None, production_loss: float | None, margin: float) -> bool:
@@ -116,21 +145,28 @@ def held_out(loss: float | None) -> dict[str, float]:
 
 
 def make_evaluator(parts: Any, eval_data: Path, *, max_sequences: int) -> Evaluator:
-    """Held-out loss of a global vector over the server's evaluation folder (the client work's folder layout).
+    """Held-out loss of a global vector over the server's evaluation folder (the client work's folder layout),
+    overall and, when the folder has several sub-folders, per sub-folder (slice).
 
-    `parts` is the run's assembly (fedlm.assembly.Assembly); every sample of the folder counts.
+    `parts` is the run's assembly (fedlm.assembly.Assembly). Each slice is scored on at most
+    `max_sequences` sequences; the overall loss is the token-weighted mean over the slices, i.e.
+    the loss over all their tokens together.
     """
+    from fedlm.eval.metrics import EvalResult
     from fedlm.work import EvalSet
 
     work, adapter = parts.work, parts.adapter
     dataset = work.load_folder(eval_data, test_fraction=0.5, seed=parts.config.run.seed)
-    samples = {c.client_id: list(c.train) + list(c.test) for c in dataset.clients}
-    blocks = work.make_eval_set(parts.base.tokenizer, samples, max_sequences=max_sequences).blocks
-    eval_set = EvalSet(blocks)  # the canary gate reads the loss only: no multiple-choice questions to score
+    sets = {}
+    for client in dataset.clients:  # the canary gate reads losses only: no multiple-choice questions to score
+        samples = {client.client_id: list(client.train) + list(client.test)}
+        sets[client.client_id] = EvalSet(work.make_eval_set(parts.base.tokenizer, samples, max_sequences=max_sequences).blocks)
 
-    def held_out_loss(vector: np.ndarray) -> float:
+    def held_out(vector: np.ndarray) -> Evaluation:
         adapter.write_shared(vector)
         adapter.write_private(adapter.initial_private)
-        return work.evaluate(adapter.model, eval_set).loss
+        results = {name: work.evaluate(adapter.model, eval_set) for name, eval_set in sets.items()}
+        overall = sum(results.values(), EvalResult())  # summed losses and tokens: the loss over every slice's tokens
+        return Evaluation(float(overall.loss), {n: float(r.loss) for n, r in results.items()} if len(results) > 1 else {})
 
-    return held_out_loss
+    return held_out

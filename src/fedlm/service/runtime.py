@@ -69,7 +69,8 @@ def build_runtime(settings: ServiceSettings) -> Runtime:
         crl = settings.path(settings.tls.crl) if settings.tls.crl else None
         verifier = ClientVerifier(settings.path(settings.tls.ca), crl)
         app = create_app(coordinator, verifier, max_upload_bytes=settings.server.max_upload_bytes, population=population,
-                         tick_seconds=settings.server.tick_seconds, limits=RequestLimits.of(settings.server))
+                         tick_seconds=settings.server.tick_seconds, limits=RequestLimits.of(settings.server),
+                         operators=tuple(settings.server.operators))
     except BaseException:
         lock.release()
         store.dispose()

@@ -11,6 +11,15 @@ coordinator rebuilds the state machine of the open round by replaying the log in
 closes once every client still in it has answered, or at its deadline (`[secagg]` in
 server.toml); a RoundFailed at a closing or at the end abandons the round: nothing is
 released and the version stays. Client secrets stay in the client processes.
+
+Stages: advertise -> share -> mask -> confirm -> unmask. The confirm stage is Bonawitz et
+al. 2017's consistency check: the survivors sign the survivor and dropped sets, and each
+one's unmask request carries its neighbours' signatures; the clients verify every advert
+and every signature themselves (secagg.client says why that protects them from a lying
+coordinator). The coordinator also verifies each advert's and each confirmation's
+signature on receipt (`owner`: the app's ClientVerifier), so that one client's bad
+signature is refused with 422 instead of making its neighbours abort the round; replay
+does not re-verify (the messages were verified when logged, and a CRL may have changed).
 """
 
 from __future__ import annotations
@@ -19,9 +28,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
+
 from fedlm.privacy.ledger import PrivacyLedger
-from fedlm.secagg.messages import MaskedInput, RoundFailed, SecAggError, UnmaskRequest
-from fedlm.secagg.server import SecAggServer
+from fedlm.secagg.identity import certificate_verifier, common_name
+from fedlm.secagg.messages import MaskedInput, RoundFailed, SecAggError
+from fedlm.secagg.server import SecAggServer, check_signed
 from fedlm.server.rounds import OpenRound, UpdateRejected, abandon_round, accept_sum
 from fedlm.service import secagg_codec as codec
 from fedlm.service import store as db
@@ -31,8 +43,12 @@ from fedlm.service.privacy_budget import survivors_guard
 from fedlm.secagg.inputs import PER_UPDATE_METRICS, round_server
 
 log = logging.getLogger("fedlm.service")
-FOLLOWING = {"advertise": "share", "share": "mask", "mask": "unmask"}
-PARSERS = {"advert": codec.advert_from, "shares": codec.shares_from, "unmask": codec.unmask_from}
+ORDER = ("advertise", "share", "mask", "confirm", "unmask")
+FOLLOWING = dict(zip(ORDER, ORDER[1:]))
+KIND_STAGE = {"advert": "advertise", "shares": "share", "confirm": "confirm", "unmask": "unmask"}
+PARSERS = {"advert": codec.advert_from, "shares": codec.shares_from, "confirm": codec.confirm_from,
+           "unmask": codec.unmask_from}
+CertificateOwner = Callable[[x509.Certificate], str | None]
 
 
 def make_secagg_server(rnd: OpenRound, seed: int) -> SecAggServer:
@@ -40,21 +56,27 @@ def make_secagg_server(rnd: OpenRound, seed: int) -> SecAggServer:
     return round_server(rnd.pipeline, rnd.round, rnd.cohort, size=rnd.total.size, clip_norm=rnd.clip_norm, seed=seed)
 
 
+def stage_seconds(deadlines: Any, stage: str) -> float:
+    """A stage's deadline from `[secagg]`."""
+    return float(deadlines.seconds(stage))
+
+
 def stage_members(server: SecAggServer) -> set[str]:
     """The clients still in the current stage: those that answered every earlier one."""
     return {"advertise": set(server.cohort), "share": set(server.adverts), "mask": set(server.sealed),
-            "unmask": set(server.survivors)}.get(server.stage, set())
+            "confirm": set(server.survivors), "unmask": set(server.confirmations)}.get(server.stage, set())
 
 
 def answered(server: SecAggServer) -> set[str]:
     return {"advertise": set(server.adverts), "share": set(server.sealed), "mask": set(server.masked),
-            "unmask": set(server.replies)}.get(server.stage, set())
+            "confirm": set(server.confirmations), "unmask": set(server.replies)}.get(server.stage, set())
 
 
 def close_stage(server: SecAggServer, stage: str, guard: Callable[[int], str | None] | None = None) -> None:
     """Close `stage`; RoundFailed when too few answered, or when `guard` refuses the survivors of the
     mask stage (before anyone is asked for a share that would unmask their sum)."""
-    {"advertise": server.close_advertising, "share": server.close_sharing, "mask": server.close_masking}[stage]()
+    {"advertise": server.close_advertising, "share": server.close_sharing, "mask": server.close_masking,
+     "confirm": server.close_confirming}[stage]()
     refusal = guard(len(server.survivors)) if guard is not None and stage == "mask" else None
     if refusal is not None:
         server.stage = "failed"
@@ -70,7 +92,17 @@ def apply_logged(server: SecAggServer, row: db.SecAggMessageRow, masked: Callabl
         server.receive_masked(MaskedInput(row.client_id, row.round, masked(row.body["sha256"])))
     else:
         message = PARSERS[row.kind](row.client_id, row.round, row.body)
-        {"advert": server.receive_advert, "shares": server.receive_shares, "unmask": server.receive_unmask}[row.kind](message)
+        receiver(server, row.kind)(message)
+
+
+def receiver(server: SecAggServer, kind: str) -> Callable[[Any], None]:
+    return {"advert": server.receive_advert, "shares": server.receive_shares, "confirm": server.receive_confirmation,
+            "unmask": server.receive_unmask}[kind]
+
+
+def checker(server: SecAggServer, kind: str) -> Callable[[Any], None]:
+    return {"advert": server.check_advert, "shares": server.check_shares, "confirm": server.check_confirmation,
+            "unmask": server.check_unmask}[kind]
 
 
 class SecureStages:
@@ -121,33 +153,37 @@ class SecureStages:
     def _ready(self, client_id: str, round: int, after: str) -> SecAggServer:
         """The server, once stage `after` has closed with `client_id` among those that answered it."""
         server = self._secure_round(client_id, round)
-        order = ("advertise", "share", "mask", "unmask")
-        if order.index(server.stage) <= order.index(after):
+        if ORDER.index(server.stage) <= ORDER.index(after):
             raise Refused(409, "stage_not_ready", f"stage {after!r} of round {round} is still open; ask again shortly")
-        carried = {"advertise": server.adverts, "share": server.sealed, "mask": server.survivors}[after]
+        carried = {"advertise": server.adverts, "share": server.sealed, "mask": server.survivors,
+                   "confirm": server.confirmations}[after]
         if client_id not in carried:
             raise Refused(409, "not_in_stage", f"client {client_id} dropped out of round {round} before stage {after!r} closed")
         return server
 
     # ---- client -> coordinator ---------------------------------------------------------------
-    def post_secagg(self, kind: str, client_id: str, round: int, body: dict[str, Any]) -> dict[str, Any]:
-        """Accept an advert ("advert"), sealed shares ("shares") or unmask shares ("unmask")."""
-        stage = {"advert": "advertise", "shares": "share", "unmask": "unmask"}[kind]
+    def post_secagg(self, kind: str, client_id: str, round: int, body: dict[str, Any],
+                    owner: CertificateOwner | None = None) -> dict[str, Any]:
+        """Accept an advert ("advert"), sealed shares ("shares"), a confirmation ("confirm") or unmask shares
+        ("unmask"). `owner` (the route passes the app's ClientVerifier) says whom a certificate may speak for;
+        without it only the certificate's CN is checked."""
+        stage = KIND_STAGE[kind]
         with self.lock:
             server = self._in_stage(client_id, round, stage)
             try:
                 message = PARSERS[kind](client_id, round, body)
             except codec.MalformedMessage as err:
                 raise Refused(400, "malformed_message", str(err)) from None
-            check = {"advert": server.check_advert, "shares": server.check_shares, "unmask": server.check_unmask}[kind]
             try:
-                check(message)
+                checker(server, kind)(message)
+                if kind in ("advert", "confirm"):
+                    check_signed(server, message, certificate_verifier(owner or common_name))
             except SecAggError as err:
                 raise Refused(422, "invalid_message", str(err)) from None
             with self.store.session() as session:
                 session.add(db.SecAggMessageRow(round=round, kind=kind, client_id=client_id, body=body, received_at=self.clock()))
                 db.audit(session, f"secagg_{kind}", client_id=client_id, round=round)
-            {"advert": server.receive_advert, "shares": server.receive_shares, "unmask": server.receive_unmask}[kind](message)
+            receiver(server, kind)(message)
             self._after_secagg_answer()
             return {"accepted": True, "round": round, "stage": stage}
 
@@ -192,10 +228,15 @@ class SecureStages:
             server = self._ready(client_id, round, "share")
             return codec.shares_for_answer(server.shares_for(client_id))
 
-    def unmask_request(self, client_id: str, round: int) -> dict[str, Any]:
+    def survivor_sets(self, client_id: str, round: int) -> dict[str, Any]:
         with self.lock:
             server = self._ready(client_id, round, "mask")
-            return codec.unmask_request_answer(UnmaskRequest(round, server.survivors, server.dropped))
+            return codec.survivor_sets_answer(server.survivor_sets())
+
+    def unmask_request(self, client_id: str, round: int) -> dict[str, Any]:
+        with self.lock:
+            server = self._ready(client_id, round, "confirm")
+            return codec.unmask_request_answer(server.unmask_request(client_id))
 
     # ---- closing stages -------------------------------------------------------------------------
     def _after_secagg_answer(self) -> None:
@@ -215,7 +256,7 @@ class SecureStages:
             self._finish_secagg(reason)
             return
         following, now = FOLLOWING[stage], self.clock()
-        deadline = now + self.secagg_deadlines.seconds(following)
+        deadline = now + stage_seconds(self.secagg_deadlines, following)
         with self.store.session() as session:
             session.add(db.SecAggMessageRow(round=rnd.round, kind="close", client_id=stage, body={"reason": reason}, received_at=now))
             row = session.get(db.RoundRow, rnd.round)

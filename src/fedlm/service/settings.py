@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlm.config import RunConfig, build_section, collect_problems, load_config, read_toml, report, require
+from fedlm.service.certs import CLIENT_ID
 from fedlm.service.limits import with_limits
 
 # Honest updates of the embedded default (SmolLM2, r = 8, default client settings) measured 4.4 to 5.9
@@ -38,6 +39,7 @@ class ServerSection:
     read_timeout_seconds: float = 10.0  # a request's head must arrive within this, and each piece of a body within this of the last
     max_body_seconds: float = 600.0  # a request body (an upload) still arriving after this is cut off with 408
     max_staging_bytes: int = 2**30  # uploads being received hold at most this much disk together; past it 507 staging_full
+    operators: tuple[str, ...] = ()  # client ids (certificate CNs) that may open /dashboard and change production; () = nobody
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, "server.port", "must be in [1, 65535]")
@@ -50,6 +52,9 @@ class ServerSection:
                 "must be >= server.read_timeout_seconds")
         require(self.max_staging_bytes >= self.max_upload_bytes, "server.max_staging_bytes",
                 "must be >= server.max_upload_bytes (room for at least one whole upload)")
+        bad = [name for name in self.operators if not CLIENT_ID.fullmatch(name)]
+        require(not bad, "server.operators", f"must be client ids (certificate CNs: 1-64 letters, digits, '.', '_', '-'), "
+                f"not {', '.join(map(repr, bad))}")
 
 
 @dataclass(frozen=True)
@@ -86,11 +91,13 @@ class SchedulingSection:
 @dataclass(frozen=True)
 class RegistrySection:
     eval_data: str = ""  # held-out text (fedlm folder layout) for the canary gate; "" = promote every version
-    canary_margin: float = 0.0  # keep, but do not promote, a version whose eval loss is worse by more than this
-    eval_max_sequences: int = 32
+    canary_margin: float = 0.0  # do not promote a version whose eval loss, overall or on any slice (sub-folder of eval_data), is worse by more than this
+    eval_max_sequences: int = 32  # evaluation sequences per slice
+    on_regression: str = "hold"  # a version not promoted: "hold" (training goes on from it) or "rollback" (training goes back to production)
 
     def __post_init__(self) -> None:
         require(self.canary_margin >= 0, "registry.canary_margin", "must be >= 0")
+        require(self.on_regression in ("hold", "rollback"), "registry.on_regression", "must be 'hold' or 'rollback'")
         require(self.eval_max_sequences >= 1, "registry.eval_max_sequences", "must be >= 1")
 
 
@@ -102,10 +109,11 @@ class SecAggSection:
     advertise_seconds: float = 60.0  # cohort clients post their public keys
     share_seconds: float = 120.0  # clients post sealed shares; they train meanwhile
     mask_seconds: float = 600.0  # clients finish training and upload their masked input
+    confirm_seconds: float = 60.0  # survivors sign the survivor and dropped sets (the consistency check)
     unmask_seconds: float = 60.0  # survivors post the shares that remove the masks
 
     def __post_init__(self) -> None:
-        for stage in ("advertise", "share", "mask", "unmask"):
+        for stage in ("advertise", "share", "mask", "confirm", "unmask"):
             require(getattr(self, f"{stage}_seconds") > 0, f"secagg.{stage}_seconds", "must be > 0")
 
     def seconds(self, stage: str) -> float:

@@ -35,7 +35,7 @@ class RoundRow(Base):
     round: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(Integer)  # the global version the round trains from
     status: Mapped[str] = mapped_column(String(16))  # open | closed
-    # collect (plain) | advertise, share, mask, unmask (SecAgg) | abandoned (SecAgg could not recover the sum)
+    # collect (plain) | advertise, share, mask, confirm, unmask (SecAgg) | abandoned (SecAgg could not recover the sum)
     stage: Mapped[str] = mapped_column(String(32), default="collect")
     cohort: Mapped[list[str]] = mapped_column(JSON)
     target: Mapped[int] = mapped_column(Integer)  # updates that close the round before its deadline
@@ -78,7 +78,7 @@ class SecAggMessageRow(Base):
     __table_args__ = (UniqueConstraint("round", "kind", "client_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     round: Mapped[int] = mapped_column(ForeignKey("rounds.round"))
-    kind: Mapped[str] = mapped_column(String(16))  # advert | shares | masked | unmask | close
+    kind: Mapped[str] = mapped_column(String(16))  # advert | shares | masked | confirm | unmask | close
     client_id: Mapped[str] = mapped_column(String(128))
     body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     received_at: Mapped[float] = mapped_column(Float)

@@ -23,6 +23,11 @@ from fedlm.core.types import Task, Update
 from fedlm.updates import wire
 from fedlm.eval.metrics import EvalResult
 from fedlm.eval.sites import pooled, site_summary
+from fedlm.monitoring.alerts import describe_alert
+from fedlm.monitoring.history import MonitorHistory
+from fedlm.monitoring.review import per_client_unavailable, review_round
+from fedlm.monitoring.sketch import Sketcher, make_sketcher
+from fedlm.monitoring.watch import RoundWatch, observe, open_watch
 from fedlm.server.rounds import (
     OpenRound,
     abandon_round,
@@ -94,8 +99,10 @@ def secure_turn(sim: Simulation, state: ServerState, jobs: list[ClientJob], repo
 
 def train_cohort(
     sim: Simulation, state: ServerState, rnd: OpenRound, private: dict[str, np.ndarray], reporter: Reporter, executor: Executor,
+    watch: RoundWatch | None = None,
 ) -> bool:
-    """Every cohort client trains on `executor`; updates are folded in cohort order as they come back.
+    """Every cohort client trains on `executor`; updates are folded in cohort order as they come back (and, with a
+    `watch`, each one's norm and sketch noted for monitoring).
 
     Under secure aggregation (in this process only) the round engine sees only the recovered sum; False when
     that sum could not be recovered (the round is abandoned).
@@ -105,21 +112,24 @@ def train_cohort(
     if rnd.pipeline.mask is not None:
         turn = secure_turn(sim, state, jobs, reporter)
         return secure_round(rnd, state.global_vector.size, sim.config.run.seed, turn) is not None
-    fold_cohort(rnd, state.global_vector, jobs, executor, reporter, steps=sim.config.client.local_steps)
+    fold_cohort(rnd, state.global_vector, jobs, executor, reporter, steps=sim.config.client.local_steps, watch=watch)
     return True
 
 
 class RoundSink:
-    """Where an executor's results go: each update folded into the open round, a dead worker's client failed."""
+    """Where an executor's results go: each update folded into the open round (and noted by the monitoring watch,
+    if any, once accepted), a dead worker's client failed."""
 
-    def __init__(self, rnd: OpenRound, reporter: Reporter, steps: int) -> None:
-        self.rnd, self.reporter, self.steps = rnd, reporter, steps
+    def __init__(self, rnd: OpenRound, reporter: Reporter, steps: int, watch: RoundWatch | None = None) -> None:
+        self.rnd, self.reporter, self.steps, self.watch = rnd, reporter, steps, watch
 
     def started(self, job: ClientJob) -> None:
         self.reporter.client_started(self.rnd.round, job.index, self.steps)
 
     def delivered(self, job: ClientJob, update: Update) -> None:
         accept_update(self.rnd, update)
+        if self.watch is not None:
+            observe(self.watch, update.client_id, update.vector)
         self.reporter.client_done(self.rnd.round, job.index)
 
     def failed(self, job: ClientJob, reason: str) -> None:
@@ -129,7 +139,7 @@ class RoundSink:
 
 def fold_cohort(
     rnd: OpenRound, global_vector: np.ndarray, jobs: list[ClientJob], executor: Executor,
-    reporter: Reporter | None = None, *, steps: int = 0,
+    reporter: Reporter | None = None, *, steps: int = 0, watch: RoundWatch | None = None,
 ) -> None:
     """Run the cohort's jobs on `executor`, folding every update into `rnd` in cohort order.
 
@@ -137,7 +147,7 @@ def fold_cohort(
     runs with BLAS at one thread: memory-bound, and the same split in every executor.
     """
     with single_thread_blas():
-        executor.run(jobs, global_vector, RoundSink(rnd, reporter or SilentReporter(), steps))
+        executor.run(jobs, global_vector, RoundSink(rnd, reporter or SilentReporter(), steps, watch))
 
 
 def privacy_fields(sim: Simulation, state: ServerState) -> dict[str, Any]:
@@ -184,9 +194,33 @@ def round_record(rnd: OpenRound, outcome: RoundOutcome, result: EvalResult, seco
         "max_client_share": weight_share(rnd),
         "train_loss": train_loss,
         "train_tokens": int(sum(rnd.metrics[c].get("tokens", 0) for c in outcome.accepted)),
+        "redacted": int(sum(rnd.metrics[c].get("redacted", 0) for c in outcome.accepted)),  # PII values the cohort's data had replaced
         "eval": result.as_dict(),
         "seconds": round(seconds, 3),
     }
+
+
+def why_no_per_client(sim: Simulation) -> str | None:
+    """Why this run may not compute per-client update figures (secure aggregation, DP), or None."""
+    return per_client_unavailable(secure=sim.pipeline.mask is not None, noise_multiplier=sim.config.privacy.noise_multiplier)
+
+
+def monitoring_sketcher(sim: Simulation) -> Sketcher | None:
+    """The run's update sketcher, or None where monitoring is off or per-client figures may not be computed."""
+    if not sim.config.monitoring.enabled or why_no_per_client(sim) is not None:
+        return None
+    return make_sketcher(sim.adapter.shared_spec.size, sim.config.run.seed)
+
+
+def monitor_round(sim: Simulation, record: dict[str, Any], watch: RoundWatch | None, history: MonitorHistory) -> MonitorHistory:
+    """Add the round's "monitor" object and "alerts" list to its metrics `record`, log each alert as a warning,
+    and return the history the next round is judged against."""
+    review = review_round(record, watch=watch, history=history, settings=sim.config.monitoring,
+                          expected=record["cohort"], unavailable=why_no_per_client(sim))
+    record["monitor"], record["alerts"] = review.monitor, review.alerts
+    for alert in review.alerts:
+        log.warning(describe_alert(alert))
+    return review.history
 
 
 def simulate(
@@ -195,11 +229,14 @@ def simulate(
     on_record: Callable[[dict[str, Any], ServerState], None] | None = None,
     private_state: dict[str, np.ndarray] | None = None,
     start: ServerState | None = None,
+    monitor_history: MonitorHistory | None = None,
 ) -> RunResult:
     """Run rounds until federation.rounds (or the privacy budget); `on_record(record, state)` sees each.
 
     `private_state` maps client id to that client's private parameters: client-side
-    state, which in the service never leaves the client. `start` resumes from a saved state.
+    state, which in the service never leaves the client. `start` resumes from a saved state;
+    `monitor_history` is then the monitoring history of the rounds already run
+    (monitoring.history.history_from_records over their metrics lines).
     """
     reporter = reporter or SilentReporter()
     initial = initial_state(sim.adapter.initial_shared, sim.pipeline)
@@ -214,6 +251,7 @@ def simulate(
         log.info("the %s aggregator keeps every update of a round in memory: cohort x %d floats",
                  sim.pipeline.aggregator.name, state.global_vector.size)
     executor = make_sim_executor(sim, reporter)
+    sketcher, history = monitoring_sketcher(sim), monitor_history or MonitorHistory()
     try:
         for round in range(state.rounds_done + 1, sim.config.federation.rounds + 1):
             result.stop_reason = budget_stop(sim, state)
@@ -222,7 +260,8 @@ def simulate(
             started = time.perf_counter()
             rnd = open_round(state, sample_cohort(sim, round), sim.pipeline)
             reporter.round_started(round, len(rnd.cohort))
-            recovered = train_cohort(sim, state, rnd, private, reporter, executor)
+            watch = open_watch(sketcher, len(rnd.cohort)) if sketcher is not None else None
+            recovered = train_cohort(sim, state, rnd, private, reporter, executor, watch)
             state, outcome = close_round(state, rnd) if recovered else abandon_round(state, rnd)
             if (warning := dominance_warning(rnd)) is not None:
                 log.warning(warning)
@@ -232,6 +271,8 @@ def simulate(
                 record["sites"] = site_summary(sites)
             record.update(traffic(rnd, outcome, state.global_vector.size, sim.full_model_bytes))
             record.update(privacy_fields(sim, state))
+            if sim.config.monitoring.enabled:
+                history = monitor_round(sim, record, watch, history)
             result.state, result.final_eval, result.final_sites = state, evaluation, sites
             result.records.append(record)
             reporter.round_done(record)

@@ -3,7 +3,9 @@
 After every round the metrics line and a checkpoint are written, so `--resume` continues
 a run (its privacy ledger included) from its last completed round. If a round fails or
 the run is interrupted, the last committed global adapter is still exported and
-summary.json says how the run ended.
+summary.json says how the run ended. The trackers in tracking.report_to (fedlm.tracking) get
+the config, each round's line and, at the end, the adapter and the run's status; a resumed
+run continues them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedlm.config import RunConfig, config_to_dict, load_config
+from fedlm.monitoring.history import history_from_records
 from fedlm.models.card import RunFacts, base_origin, model_card
 from fedlm.data.redaction import redaction_summary
 from fedlm.eval.sites import site_summary
@@ -27,6 +30,7 @@ from fedlm.sim.rundir import (
     ADAPTER_DIR,
     CONFIG_FILE,
     METRICS_FILE,
+    SUMMARY_FILE,
     append_metrics,
     check_run_dir,
     make_run_dir,
@@ -38,6 +42,9 @@ from fedlm.sim.rundir import (
     write_summary,
 )
 from fedlm.sim.setup import Simulation, prepare
+from fedlm.tracking.libraries import check_installed
+from fedlm.tracking.records import config_params
+from fedlm.tracking.trackers import RunTrackers, open_trackers
 
 
 def build_summary(sim: Simulation, result: RunResult | None, state: ServerState, status: str, seconds: float) -> dict[str, Any]:
@@ -78,10 +85,12 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
 
 
 def check_resume_config(saved: RunConfig, config: RunConfig) -> None:
-    """A resumed run may only run longer, or execute differently: any other change would break the ledger or the optimizer state."""
+    """A resumed run may only run longer, execute differently or report elsewhere: any other change would break the
+    ledger or the optimizer state."""
     if run_identity(config) != run_identity(saved):
         raise ValueError("--resume may change federation.rounds and how the run executes ([simulation], model.device, "
-                         "model.threads, model.gradient_checkpointing); every other setting must match the run's config.toml")
+                         "model.threads, model.gradient_checkpointing) or is reported ([tracking]); every other setting "
+                         "must match the run's config.toml")
     if config.federation.rounds != saved.federation.rounds and saved.client.lr_schedule != "constant":
         raise ValueError(f"--resume cannot change federation.rounds ({saved.federation.rounds} -> "
                          f"{config.federation.rounds}) under client.lr_schedule = {saved.client.lr_schedule!r}: the "
@@ -120,10 +129,17 @@ def resume_state(sim: Simulation, out: Path) -> tuple[ServerState, dict[str, np.
     return state, private
 
 
+def start_trackers(config: RunConfig, out: Path, *, resume: bool) -> RunTrackers:
+    """The run's trackers, each holding the config and every round metrics.jsonl already has (none for a new run)."""
+    history = read_metrics(out) if (out / METRICS_FILE).is_file() else []
+    return open_trackers(config.tracking, out, params=config_params(config_to_dict(config)), history=history, resume=resume)
+
+
 def run_simulation(
     config: RunConfig, out: Path, *, overwrite: bool = False, reporter: Reporter | None = None, resume: bool = False
 ) -> dict[str, Any]:
     """Prepare, simulate every round, export the adapter and write summary.json; returns the summary."""
+    check_installed(config.tracking)  # a missing tracking library stops the run before anything loads
     if resume and not (Path(out) / CONFIG_FILE).is_file():
         raise ValueError(f"--resume needs a run directory; {out} holds no {CONFIG_FILE}")
     if resume:
@@ -140,6 +156,7 @@ def run_simulation(
         start, private = None, {}
     out = Path(out)
     write_config(out, config)
+    trackers = start_trackers(config, out, resume=resume)
     fingerprint = run_fingerprint(config)
     first = start if start is not None else initial_state(sim.adapter.initial_shared, sim.pipeline)
     last: dict[str, Any] = {"state": first, "eval": None}
@@ -149,22 +166,35 @@ def run_simulation(
         # never a released round that the ledger does not hold
         save_checkpoint(out, state, private, sim.residuals, fingerprint=fingerprint)
         append_metrics(out, record)
+        trackers.log_round(record)
         last["state"], last["eval"] = state, record
 
     result, status = None, "failed"
     try:
-        result = simulate(sim, reporter, on_record=on_record, private_state=private, start=start)
+        history = history_from_records(read_metrics(out)) if resume else None  # drift judged against the earlier rounds
+        result = simulate(sim, reporter, on_record=on_record, private_state=private, start=start, monitor_history=history)
         status = "budget_exhausted" if result.stop_reason else "completed"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        state = result.state if result is not None else last["state"]
-        summary = build_summary(sim, result, state, status, time.perf_counter() - started)
-        if result is None and last["eval"] is not None:
-            summary["final"] = last["eval"]["eval"]
-        base = base_origin(sim.config.model.name, sim.base.path)  # the base model named in the adapter and its card
-        facts = RunFacts(config_to_dict(sim.config), summary, read_metrics(out) if (out / METRICS_FILE).is_file() else [])
-        export_adapter(sim.adapter, state.global_vector, out / ADAPTER_DIR, base=base, card=model_card(facts, base))
-        write_summary(out, summary)
+        try:
+            summary = finish_run(sim, out, result=result, last=last, status=status, started=started)
+        finally:
+            trackers.close(status, artifacts=(out / ADAPTER_DIR, out / CONFIG_FILE, out / SUMMARY_FILE))
+    return summary
+
+
+def finish_run(
+    sim: Simulation, out: Path, *, result: RunResult | None, last: dict[str, Any], status: str, started: float,
+) -> dict[str, Any]:
+    """Export the last committed global adapter and write summary.json, however the run ended."""
+    state = result.state if result is not None else last["state"]
+    summary = build_summary(sim, result, state, status, time.perf_counter() - started)
+    if result is None and last["eval"] is not None:
+        summary["final"] = last["eval"]["eval"]
+    base = base_origin(sim.config.model.name, sim.base.path)  # the base model named in the adapter and its card
+    facts = RunFacts(config_to_dict(sim.config), summary, read_metrics(out) if (out / METRICS_FILE).is_file() else [])
+    export_adapter(sim.adapter, state.global_vector, out / ADAPTER_DIR, base=base, card=model_card(facts, base))
+    write_summary(out, summary)
     return summary

@@ -1,4 +1,4 @@
-"""The run directory: config snapshot, metrics.jsonl (a line a round), summary.json, adapter/.
+"""The run directory: config snapshot, metrics.jsonl (a line a round), summary.json, adapter/ (and what tracking writes).
 
 Lines hold numbers and counts only: never client text, never update contents.
 """
@@ -14,14 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from fedlm.config import RunConfig, SimulationSettings, dump_config
+from fedlm.tracking.settings import TrackingSettings
+from fedlm.tracking.state import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoint"  # written by sim.checkpoint (which imports torch and dp-accounting; the CLI must not)
-RUN_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, METRICS_FILE + ".tmp", SUMMARY_FILE + ".tmp")
-RUN_DIRS = (ADAPTER_DIR, CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".new")
+# what a run writes here, and a new run clears: tracking's files (tracking.json, event files, MLflow's store) included;
+# a tracking.tensorboard_dir or tracking.mlflow_uri elsewhere is not cleared
+RUN_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, METRICS_FILE + ".tmp", SUMMARY_FILE + ".tmp",
+             TRACKING_FILE, TRACKING_FILE + ".tmp")
+RUN_DIRS = (ADAPTER_DIR, CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".new", TENSORBOARD_DIR, MLFLOW_DIR)
 
 
 def check_run_dir(path: Path, *, overwrite: bool = False) -> Path:
@@ -52,10 +57,12 @@ def make_run_dir(path: Path, *, overwrite: bool = False) -> Path:
 
 
 def run_identity(config: RunConfig) -> RunConfig:
-    """The settings a resumed run must keep: all but federation.rounds and how it executes on this machine
-    ([simulation], model.device, model.threads, model.gradient_checkpointing), which are reset here."""
+    """The settings a resumed run must keep: all but federation.rounds, how it executes on this machine
+    ([simulation], model.device, model.threads, model.gradient_checkpointing) and where it is also reported
+    ([tracking]), which are reset here."""
     model = replace(config.model, device="auto", threads=0, gradient_checkpointing=False)
-    return replace(config, federation=replace(config.federation, rounds=1), simulation=SimulationSettings(), model=model)
+    return replace(config, federation=replace(config.federation, rounds=1), simulation=SimulationSettings(), model=model,
+                   tracking=TrackingSettings())
 
 
 def run_fingerprint(config: RunConfig) -> str:

@@ -4,7 +4,10 @@ Keys are advertised and shared before anyone trains; each client then trains, ru
 client steps (clip, noise share), encodes its update to integers and masks it, and the
 server folds the masked vector at once. The round engine receives only the unmasked sum
 (rounds.accept_sum), exactly what a SecAgg server learns. A round whose sum cannot be
-recovered is abandoned: nothing is released and the global stays as it was.
+recovered is abandoned: nothing is released and the global stays as it was. The clients
+sign their adverts and their confirmations of the survivor sets with Ed25519 keys from a
+directory made fresh for the round (secagg.session), the simulation's stand-in for the
+service's certificates.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import numpy as np
 from fedlm.client.train import StepCallback, run_task
 from fedlm.config import RunConfig
 from fedlm.core.types import Update
+from fedlm.data.redaction import redacted_per_client
 from fedlm.models.lora import client_rank
 from fedlm.sim.cohort import ClientJob, Executor, Trainer
 from fedlm.sim.events import Reporter
@@ -22,16 +23,20 @@ def make_lora_trainer(sim: Simulation, on_step: StepCallback | None = None) -> T
     """Train a job's client on `sim`'s one adapter (see client.train.run_task), encoding its update in place."""
     settings, lora, seed = sim.config.client, sim.config.lora, sim.config.run.seed
     encode = make_encoder(sim.pipeline, seed=seed)
+    redacted = redacted_per_client(sim.dataset, sim.config)  # counts only, reported as the `redacted` metric
 
     def train(job: ClientJob, global_vector: np.ndarray, out: np.ndarray) -> Update:
         task = job.task
         rank = client_rank(task.client_id, lora.client_ranks, lora.r)
-        return run_task(
+        update = run_task(
             sim.adapter, task, global_vector=global_vector, private_vector=job.private,
             train_blocks=sim.train_blocks(task.client_id), settings=settings, seed=seed, out=out,
             on_step=on_step, rank=rank if rank < lora.r else None, encode=encode, residual=job.residual,
             loss_fn=sim.work.loss, rounds=sim.config.federation.rounds,
         )
+        if task.client_id in redacted:
+            update.metrics["redacted"] = float(redacted[task.client_id])
+        return update
 
     return train
 

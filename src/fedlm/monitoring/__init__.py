@@ -1,0 +1,1 @@
+"""Drift and anomaly monitoring: per-round statistics of the cohort's updates, and alerts from thresholds."""
