@@ -317,6 +317,8 @@ class RunConfig:
         if privacy.enabled:
             require(strategy.weighting == "uniform", "strategy.weighting",
                      "must be 'uniform' with differential privacy: a sample-weighted sum has no fixed sensitivity")
+        require(not (privacy.enabled and privacy.adaptive_clip and privacy.placement == "distributed"), "privacy.adaptive_clip",
+                "cannot be combined with privacy.placement = 'distributed': the server would see each client's clipped bit")
         require(privacy.placement != "distributed" or self.federation.sampling == "fixed", "privacy.placement",
                  "'distributed' needs federation.sampling = 'fixed': each share is calibrated to a known cohort size")
         require(not (privacy.enabled and privacy.accountant == "pld" and self.federation.sampling == "fixed"),

@@ -12,12 +12,15 @@ chromedriver is missing: see tests/browser.py.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from tiny_service import OPERATOR, build_tiny_service, served_as
 
 from fedlm.dashboard.local import serve_run_dir
 from fedlm.service import store as db
+from fedlm.service.dashboard_routes import version_record
+from fedlm.service.registry import list_versions
 
 WAIT_SECONDS = 15
 READ_PAGE = """
@@ -45,6 +48,23 @@ def series(state, path):
     return sorted((x, y) for name, x, y in state["points"] if name == path)
 
 
+def numbers(value, prefix=()):
+    """(path, number) of every finite number of a metrics record (alerts lists aside)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not (key == "alerts" and isinstance(item, list)):
+                yield from numbers(item, (*prefix, key))
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        yield prefix, value
+
+
+def every_number(service) -> set[tuple[str, float, float]]:
+    """(path, round, value) of every number the charts must show: each charted version's record, read from the store."""
+    records = [version_record(v) for v in list_versions(service.coordinator.store) if v["round"] > 0]
+    return {(".".join(path), float(r["round"]), float(value)) for r in records for path, value in numbers(r)
+            if path != ("round",)}
+
+
 def test_the_service_dashboard_follows_the_rounds_and_makes_a_version_production(browser, tmp_path):
     # Prepare: round 1 done, the dashboard open in the browser
     service = build_tiny_service(tmp_path)
@@ -64,6 +84,7 @@ def test_the_service_dashboard_follows_the_rounds_and_makes_a_version_production
     assert first["round"] == "1" and series(first, "train_loss") == [(1.0, 1.5)]
     assert second["marker"] == "the same page" and second["refreshes"] >= 1
     assert series(second, "train_loss") == [(1.0, 1.5), (2.0, 0.75)]
+    assert set(map(tuple, second["points"])) == every_number(service)  # every plot, with exactly the store's numbers
     assert second["production"] == ["2"] and second["status"].startswith("live: updated")
     assert third["message"] == "production is now version 1" and third["marker"] == "the same page"
     with service.coordinator.store.session() as session:

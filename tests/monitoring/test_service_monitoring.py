@@ -76,12 +76,12 @@ def test_a_poisoned_upload_raises_alerts_in_the_version_metrics_the_log_and_prom
     assert monitor["per_client"] and monitor["updates"] == 4 and monitor["alerts"] == 2
     assert abs(monitor["norm"]["max"] - np.sqrt(600.0)) < 1e-4  # dave's exact norm
     assert monitor["cosine"]["min"] < -0.99
-    # the Prometheus counter by kind, and the last round's quantiles
+    # the Prometheus counter by kind; no single client's figure on /metrics (any client may scrape it)
     series = prometheus(service)
     assert series['fedlm_alerts_total{kind="outlier_update"}'] == 1.0
     assert series['fedlm_alerts_total{kind="opposed_update"}'] == 1.0
     assert series['fedlm_alerts_total{kind="drift"}'] == 0.0
-    assert abs(series['fedlm_update_norm_quantile{quantile="1"}'] - np.sqrt(600.0)) < 1e-4
+    assert not any("quantile" in name for name in series)
     assert series["fedlm_update_stats_per_client"] == 1.0
     # one warning line per alert, with its structured fields
     warnings = [r for r in caplog.records if r.getMessage().startswith("monitoring alert")]

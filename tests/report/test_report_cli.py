@@ -175,3 +175,20 @@ def test_a_damaged_results_file_is_refused(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     # Assert
     assert result.exit_code == 2 and "results.json holds a list, not a JSON object" in said(result)
+
+
+def test_the_demo_configuration_on_the_tiny_model_gets_a_report_of_every_number(tmp_path):
+    # Prepare: `make demo`'s run (the default config: the plays, held-out speakers) on the tiny model, two rounds
+    run = tmp_path / "demo"
+    simulated = runner.invoke(app, ["simulate", "--model", "tiny", "--rounds", "2", "--seq-len", "32", "--out", str(run),
+                                    "-q", "--set", "eval.max_sequences=4"])
+    assert simulated.exit_code == 0, simulated.output
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # Execute: what `make demo` runs after the simulation
+    result = runner.invoke(app, ["report", str(run), "--overwrite"])
+    # Assert: every number of both rounds plotted at its round, held-out evaluation included
+    assert result.exit_code == 0, result.output
+    expected = {(path, float(line["round"]), float(value)) for line in lines for path, value in numbers(line) if path != ("round",)}
+    plotted = points((run / "report.html").read_text())
+    assert len(lines) == 2 and set(plotted) == expected and len(plotted) == len(expected)
+    assert any(path == ("eval", "perplexity") for path, _, _ in plotted)

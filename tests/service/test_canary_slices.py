@@ -12,8 +12,9 @@ from fedlm.service import store as db
 from fedlm.service.registry import Evaluation, regressed_slices
 from fedlm.updates import wire
 
-# round 1 sets production; round 2 is better overall (0.95 < 1.0) but slice "b" is 0.3 worse (> margin 0.1)
-EVALUATIONS = [Evaluation(1.0, {"a": 1.0, "b": 1.0}), Evaluation(0.95, {"a": 0.7, "b": 1.3}),
+# version 0 is scored first; round 1 sets production; round 2 is better overall (0.95 < 1.0) but slice "b" is 0.3
+# worse (> margin 0.1)
+EVALUATIONS = [Evaluation(2.0, {"a": 2.0, "b": 2.0}), Evaluation(1.0, {"a": 1.0, "b": 1.0}), Evaluation(0.95, {"a": 0.7, "b": 1.3}),
                Evaluation(0.9, {"a": 0.9, "b": 0.9})]
 
 
@@ -60,7 +61,9 @@ def test_with_rollback_the_next_round_trains_from_a_copy_of_production_and_spent
         production = db.production_version(session)
     state = coordinator.state
     # Assert: v3 restores v1 exactly (global vector), rounds done go on, production is still v1
-    assert rows[2][0] == "held" and rows[3] == ("restored", 2, {"restored_from": 1, "rolled_back": 2})
+    assert rows[0][2] == {"eval_loss": 2.0, "eval_slices": {"a": 2.0, "b": 2.0}}  # version 0 scored: the gate has a reference
+    assert rows[2][0] == "held" and rows[3] == ("restored", 2, {"restored_from": 1, "rolled_back": 2, "eval_loss": 1.0,
+                                                                "eval_slices": {"a": 1.0, "b": 1.0}})
     assert production == 1 and state.version == 3 and state.rounds_done == 2
     initial = np.array([1.0, -2.0, 0.5, 0.0, 3.0, 4.0], np.float32)
     np.testing.assert_array_equal(state.global_vector, initial + DELTA_A)  # FedAvg of two equal updates: v1 = v0 + DELTA_A

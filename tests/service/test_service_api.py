@@ -205,7 +205,7 @@ def test_restart_rebuilds_the_same_partial_sum(service):
 def test_canary_gate_keeps_a_worse_version_but_does_not_promote_it(tmp_path):
     from conftest import build_service
 
-    losses = iter([1.0, 1.5])  # round 1 sets production at 1.0; round 2 is 0.5 worse
+    losses = iter([2.0, 1.0, 1.5])  # version 0 is scored 2.0; round 1 sets production at 1.0; round 2 is 0.5 worse
     service = build_service(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", evaluator=lambda v: next(losses), margin=0.1)
     for round in (1, 2):
         start_round(service)

@@ -55,11 +55,11 @@ def clipped(name: str) -> np.ndarray:
     return update * min(1.0, CLIP / np.linalg.norm(update))
 
 
-def dp_coordinator(root, run: RunConfig) -> Coordinator:
-    """The coordinator as runtime.build_runtime makes it: the run's own pipeline with its privacy plan."""
+def dp_coordinator(root, run: RunConfig, *, size: int = SIZE) -> Coordinator:
+    """The coordinator as runtime.build_runtime makes it: the run's own pipeline with its privacy plan (none without DP)."""
     plan = make_privacy_plan(run.privacy, run.federation, POPULATION)
     pipeline = build_pipeline(run.strategy, run.lora, None, plan, run.compression, run.secagg)
-    initial = np.random.default_rng(7).normal(size=SIZE).astype(np.float32)
+    initial = np.random.default_rng(7).normal(size=size).astype(np.float32)
     return Coordinator(Store(f"sqlite:///{root / 'dp.db'}"), BlobStore(root / "blobs"), run=run, pipeline=pipeline,
                        initial_global=initial, scheduling=SchedulingSection(deadline_seconds=100.0, population=POPULATION),
                        registry=RegistrySection(), clock=FakeClock(), secagg=SecAggSection())

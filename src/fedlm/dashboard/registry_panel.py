@@ -15,8 +15,10 @@ from fedlm.report.records import format_value, is_number
 
 COLUMNS = (("eval loss", "eval_loss"), ("train loss", "train_loss"), ("accepted", "accepted"), ("ε", "epsilon"))
 NOTE = ("Production is the version the registry marks as the one to serve (the * of fedlm models list); the canary gate "
-        "compares each new version with it. Making another version production does not change what training continues "
-        "from (the newest version), and the next version that passes the canary gate becomes production.")
+        "compares each new version with it, and the next version that passes the gate becomes production. Making "
+        "another version production does not move training, which goes on from the newest version; with "
+        "registry.on_regression = \"rollback\" a version that fails the gate sends training back to production, "
+        "whichever version you made production here.")
 
 
 def cell(value: Any) -> str:

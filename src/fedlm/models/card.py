@@ -257,7 +257,7 @@ def cohort_row(fed: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> 
 def tokens_row(facts: RunFacts) -> str:
     """Exact when every round recorded `train_tokens`; otherwise the bound the settings give."""
     records = facts.records
-    if records and all("train_tokens" in r for r in records):
+    if records and all(r.get("train_tokens") is not None for r in records):  # None under DP: not released
         return f"{number(sum(int(r['train_tokens']) for r in records))} (summed over every accepted update)"
     client, data = section(facts.config, "client"), section(facts.config, "data")
     accepted = sum(int(r.get("accepted", 0)) for r in records)

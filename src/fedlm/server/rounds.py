@@ -17,6 +17,7 @@ from fedlm.aggregation.mean import client_weight, fold, largest_share
 from fedlm.core.types import Task, Update
 from fedlm.privacy.adaptive_clip import next_clip_norm
 from fedlm.privacy.ledger import PrivacyLedger
+from fedlm.privacy.release import releasable_for
 from fedlm.updates.pipeline import Pipeline, fedavg_pipeline
 from fedlm.updates.server import aggregate, apply_ingress, initial_optimizer_state, optimize
 
@@ -170,7 +171,7 @@ def accept_update(rnd: OpenRound, update: Update) -> None:
     else:
         fold(rnd.total, vector, weight)
     rnd.weights[update.client_id] = weight
-    rnd.metrics[update.client_id] = dict(update.metrics)
+    rnd.metrics[update.client_id] = releasable_for(update.metrics, rnd.pipeline.privacy)  # under DP: data-free only
     if is_adaptive(rnd.pipeline):
         rnd.unclipped += int(update.metrics["unclipped"])
 
@@ -201,7 +202,7 @@ def accept_sum(rnd: OpenRound, total: np.ndarray, clients: tuple[str, ...], metr
     fold(rnd.total, total, 1.0)
     for who in clients:
         rnd.weights[who] = 1.0
-        rnd.metrics[who] = dict(metrics.get(who, {}))
+        rnd.metrics[who] = releasable_for(metrics.get(who, {}), rnd.pipeline.privacy)
 
 
 def abandon_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, RoundOutcome]:
@@ -218,6 +219,15 @@ def abandon_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, Roun
 def weight_share(rnd: OpenRound) -> float:
     """The largest share of the round's total weight one accepted client holds (0 with none)."""
     return largest_share(rnd.weights)[1]
+
+
+def clipped_share(rnd: OpenRound) -> float | None:
+    """The share of the round's reported updates that the client-side clip shortened (from each client's `unclipped`
+    bit); None without clipping, and under DP, where the bits are not published un-noised."""
+    if rnd.pipeline.privacy is not None:
+        return None
+    bits = [m["unclipped"] for m in rnd.metrics.values() if "unclipped" in m]
+    return (len(bits) - sum(bits)) / len(bits) if bits else None
 
 
 def dominance_warning(rnd: OpenRound) -> str | None:

@@ -33,7 +33,7 @@ from fedlm.monitoring.watch import RoundWatch, observe, open_watch
 from fedlm.privacy.accountant import epsilon_without_sampling
 from fedlm.server.rounds import (
     OpenRound, ServerState, UpdateRejected, accept_update, check_update, close_round, dominance_warning, initial_state,
-    mark_failed, open_round, weight_share,
+    clipped_share, mark_failed, open_round, weight_share,
 )
 from fedlm.service import store as db
 from fedlm.service.blobs import BlobStore, Staged
@@ -41,6 +41,7 @@ from fedlm.service.errors import Refused
 from fedlm.service.blobs import CorruptBlob
 from fedlm.service.payloads import MalformedUpdate, decode_state, encode_state, read_masked, read_update
 from fedlm.service.privacy_budget import SAMPLING_ASSUMPTION, budget_stop, privacy_fields
+from fedlm.privacy.release import releasable_for, reported_sum
 from fedlm.service.registry import Evaluator, as_evaluation, regressed_slices, should_promote
 from fedlm.service.scheduling import Traits, ineligibility, invited_count, select_cohort
 from fedlm.service.secagg_codec import parameters_answer
@@ -115,7 +116,7 @@ class Coordinator(SecureStages):
             latest = db.latest_version(session)
             if latest is None:
                 state = initial_state(initial_global, self.pipeline)
-                self._commit_version(session, state, round=0, metrics={}, status="promoted")
+                self._commit_version(session, state, round=0, metrics=self._evaluate(state.global_vector), status="promoted")
                 db.set_production(session, 0)
                 db.audit(session, "initialised", size=int(initial_global.size))
                 return state, None, None
@@ -298,7 +299,10 @@ class Coordinator(SecureStages):
 
     def submit(self, client_id: str, *, round: int, version: int, num_samples: int, metrics: dict[str, float],
                staged: Staged) -> dict[str, Any]:
-        """Validate a staged upload and accept it, or raise Refused; the staged file is consumed either way."""
+        """Validate a staged upload and accept it, or raise Refused; the staged file is consumed either way.
+
+        Under DP only the data-free metrics are kept (fedlm.privacy.release): nothing else a client sends is stored."""
+        metrics = releasable_for(metrics, self.pipeline.privacy)
         try:
             vector = self._read(staged, client_id, round)
             with self.lock:
@@ -375,11 +379,8 @@ class Coordinator(SecureStages):
         new_state, outcome = close_round(self.state, rnd)
         privacy = privacy_fields(self.pipeline.privacy, new_state.ledger)
         metrics = {**self._round_metrics(rnd, reason), **privacy}
-        if outcome.committed and self.evaluator is not None:
-            evaluation = as_evaluation(self.evaluator(new_state.global_vector))
-            metrics["eval_loss"] = evaluation.loss
-            if evaluation.slices:
-                metrics["eval_slices"] = evaluation.slices  # per sub-folder of registry.eval_data
+        if outcome.committed:
+            metrics.update(self._evaluate(new_state.global_vector))
         review = self._review(rnd, metrics)
         stop = budget_stop(self.pipeline.privacy, new_state.ledger, rnd.round + 1)
         with self.store.session() as session:
@@ -399,11 +400,20 @@ class Coordinator(SecureStages):
         self.state, self.rnd, self.round_row, self.secure, self.secure_metrics = new_state, None, None, None, {}
         self._budget_memo = ((len(new_state.ledger.entries), new_state.rounds_done), stop)
         self._raise_alerts(rnd.round, review)
-        log.info("round %d closed (%s): version %d", rnd.round, reason, outcome.version,
+        log.info("round %d closed (%s): version %d%s", rnd.round, reason, outcome.version,
+                 "" if new_state.version == outcome.version else f"; training goes on from v{new_state.version}",
                  extra={"round": rnd.round, "version": outcome.version, "accepted": len(outcome.accepted),
                         "failed": len(outcome.failed), **privacy})
         if stop is not None:
             log.info(stop, extra={"round": rnd.round, **privacy})
+
+    def _evaluate(self, vector: np.ndarray) -> dict[str, Any]:
+        """The canary gate's figures of a version: eval_loss, and eval_slices per sub-folder of registry.eval_data
+        (nothing without an evaluator). Version 0 is scored too, so the gate always has production's figures."""
+        if self.evaluator is None:
+            return {}
+        evaluation = as_evaluation(self.evaluator(vector))
+        return {"eval_loss": evaluation.loss, **({"eval_slices": evaluation.slices} if evaluation.slices else {})}
 
     def _round_metrics(self, rnd: OpenRound, reason: str) -> dict[str, Any]:
         losses = [(m["train_loss"], rnd.weights[c]) for c, m in rnd.metrics.items() if "train_loss" in m]
@@ -411,8 +421,9 @@ class Coordinator(SecureStages):
         if (warning := dominance_warning(rnd)) is not None:
             log.warning(warning, extra={"round": rnd.round})
         return {"accepted": len(rnd.weights), "failed": len(rnd.failed), "cohort": len(rnd.cohort),
-                "max_client_share": weight_share(rnd), "train_loss": train_loss, "closed_by": reason,
-                "redacted": int(sum(m.get("redacted", 0) for m in rnd.metrics.values()))}  # PII values replaced, per the clients
+                "max_client_share": weight_share(rnd), "clipped_share": clipped_share(rnd), "train_loss": train_loss,
+                "closed_by": reason,
+                "redacted": reported_sum(rnd.metrics.values(), "redacted")}  # PII values replaced, per the clients
 
     def _review(self, rnd: OpenRound, metrics: dict[str, Any]) -> RoundReview | None:
         """The round's monitoring verdict, its "monitor" object and "alerts" list put into `metrics` (monitoring on)."""
@@ -471,8 +482,9 @@ class Coordinator(SecureStages):
         saved = decode_state(self.blobs.read(production.state_sha256))
         restored = replace(saved, version=held.version + 1, rounds_done=held.rounds_done, clip_norm=held.clip_norm,
                            ledger=held.ledger)
-        self._commit_version(session, restored, round=round, status="restored",
-                             metrics={"restored_from": production.version, "rolled_back": held.version})
+        figures = {k: production.metrics[k] for k in ("eval_loss", "eval_slices") if k in production.metrics}
+        self._commit_version(session, restored, round=round, status="restored",  # the same model: production's figures
+                             metrics={"restored_from": production.version, "rolled_back": held.version, **figures})
         db.audit(session, "canary_rollback", round=round, detail=f"v{held.version} rolled back: training goes on from "
                  f"v{restored.version}, a copy of production v{production.version}")
         log.warning("round %d: rolled back to production v%d (as v%d)", round, production.version, restored.version,

@@ -73,6 +73,8 @@ def version_record(version: Mapping[str, Any]) -> dict[str, Any]:
         evaluation = held_out(metrics.pop("eval_loss", None))
         if evaluation:
             metrics["eval"] = evaluation
+    if isinstance(metrics.get("eval_slices"), Mapping):  # one chart per figure with a line per slice, as sites get
+        metrics["eval_slices"] = {name: held_out(loss) for name, loss in metrics["eval_slices"].items()}
     return {"round": version["round"], "version": version["version"], "status": version["status"], **metrics}
 
 
@@ -90,7 +92,9 @@ def service_summary(coordinator: Coordinator, production: int | None) -> dict[st
 def render_dashboard(coordinator: Coordinator, *, refresh_seconds: float) -> str:
     versions = list_versions(coordinator.store)
     production = next((v["version"] for v in versions if v["production"]), None)
-    records = [version_record(v) for v in versions if v["round"] > 0]  # version 0 is the initial adapter: no round
+    # version 0 is the initial adapter (no round); a "restored" version repeats production's model and figures in the
+    # round of the version it replaced: both are in the registry table, not in the charts
+    records = [version_record(v) for v in versions if v["round"] > 0 and v["status"] != "restored"]
     controls = [("Registry", registry_panel(versions, action=ACTION))]
     return dashboard_page(records, config_to_dict(coordinator.run), service_summary(coordinator, production),
                           title="fedlm coordinator dashboard", refresh_seconds=refresh_seconds, controls=controls,

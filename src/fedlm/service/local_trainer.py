@@ -23,6 +23,7 @@ from fedlm.config import RunConfig, config_from_dict
 from fedlm.core.types import Task
 from fedlm.data.blocks import Blocks
 from fedlm.data.redaction import is_redaction_on, placeholder_counts
+from fedlm.privacy.release import releasable_for
 from fedlm.updates.client import Encoder, WireEncoder, compression_of, make_encoder, make_wire_encoder
 
 log = logging.getLogger("fedlm.join")
@@ -96,4 +97,5 @@ class LocalTrainer:
         metrics = {k: float(v) for k, v in update.metrics.items()}
         if self.redacted is not None:
             metrics["redacted"] = float(self.redacted)
+        metrics = releasable_for(metrics, self.parts.plan)  # under DP nothing computed from this client's data leaves it
         return (payloads[-1] if self.sends_payload else update.vector), update.num_samples, metrics

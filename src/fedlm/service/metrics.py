@@ -10,7 +10,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fedlm.monitoring.alerts import ALERT_KINDS
-from fedlm.monitoring.statistics import QUANTILES
 
 # (alerts raised by kind since start-up, the last closed round's "monitor" object): Coordinator.monitoring_snapshot
 MonitoringSnapshot = Callable[[], tuple[dict[str, int], dict[str, Any]]]
@@ -41,9 +40,12 @@ class ServiceMetrics:
 
 
 class MonitoringCollector(Collector):
-    """fedlm_alerts_total{kind} (every kind, 0 until raised) and, when the server saw single updates in the last
-    closed round, fedlm_update_norm_quantile{quantile} and fedlm_update_cosine_quantile{quantile}; under secure
-    aggregation or differential privacy the quantile gauges are absent, and fedlm_update_stats_per_client says 0."""
+    """fedlm_alerts_total{kind} (every kind, 0 until raised) and fedlm_update_stats_per_client (1 when the last closed
+    round's per-client statistics were observed; 0 under secure aggregation or DP).
+
+    The norm and cosine quantiles themselves are not exposed here: /metrics answers any client certificate, and with a
+    small cohort a quantile is one client's figure. They are in the versions' metrics, which only operators see (the
+    dashboard)."""
 
     def __init__(self, snapshot: MonitoringSnapshot) -> None:
         self.snapshot = snapshot
@@ -57,11 +59,3 @@ class MonitoringCollector(Collector):
         yield GaugeMetricFamily("fedlm_update_stats_per_client", "1 when the last closed round's per-client update "
                                 "statistics were observed (0 under secure aggregation or DP, or before any round)",
                                 value=1 if monitor.get("per_client") else 0)
-        for name, key, what in (("fedlm_update_norm_quantile", "norm", "L2 norms of the client updates"),
-                                ("fedlm_update_cosine_quantile", "cosine", "cosines of each update to the others'")):
-            summary = monitor.get(key) if monitor.get("per_client") else None
-            if summary:
-                gauge = GaugeMetricFamily(name, f"Quantiles of the last closed round's {what}", labels=["quantile"])
-                for label, q in QUANTILES:
-                    gauge.add_metric([f"{q:g}"], summary[label])
-                yield gauge

@@ -22,6 +22,7 @@ from fedlm.core.rng import make_rng
 from fedlm.core.types import Task, Update
 from fedlm.updates import wire
 from fedlm.eval.metrics import EvalResult
+from fedlm.privacy.release import reported_sum
 from fedlm.eval.sites import pooled, site_summary
 from fedlm.monitoring.alerts import describe_alert
 from fedlm.monitoring.history import MonitorHistory
@@ -36,6 +37,7 @@ from fedlm.server.rounds import (
     accept_update,
     close_round,
     dominance_warning,
+    clipped_share,
     weight_share,
     initial_state,
     make_tasks,
@@ -192,9 +194,10 @@ def round_record(rnd: OpenRound, outcome: RoundOutcome, result: EvalResult, seco
         "accepted": len(outcome.accepted),
         "failed": len(outcome.failed),
         "max_client_share": weight_share(rnd),
+        "clipped_share": clipped_share(rnd),  # None without clipping or under DP
         "train_loss": train_loss,
-        "train_tokens": int(sum(rnd.metrics[c].get("tokens", 0) for c in outcome.accepted)),
-        "redacted": int(sum(rnd.metrics[c].get("redacted", 0) for c in outcome.accepted)),  # PII values the cohort's data had replaced
+        "train_tokens": reported_sum((rnd.metrics[c] for c in outcome.accepted), "tokens"),  # None under DP
+        "redacted": reported_sum((rnd.metrics[c] for c in outcome.accepted), "redacted"),  # PII values replaced; None if off or DP
         "eval": result.as_dict(),
         "seconds": round(seconds, 3),
     }

@@ -128,7 +128,12 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "FAILED"))
 
     def abandon(self) -> None:
-        """Nothing to release: the run stays RUNNING until a resume or the run's end marks it."""
+        """Dropped (this tracker failed mid-run, or another one failed to open): the MLflow run is marked FAILED so it
+        does not stay RUNNING; `--resume` reopens it. A store that cannot be reached is left as it is."""
+        try:
+            self.client.set_terminated(self.run_id, status="FAILED")
+        except Exception:  # noqa: BLE001 - the store is what failed; the run directory keeps every round
+            pass
 
 
 def open_mlflow(
