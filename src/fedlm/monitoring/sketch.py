@@ -28,7 +28,8 @@ SKETCH_WIDTH = 2039  # buckets per sketch (prime): 8 KiB per client of a round
 
 @dataclass(frozen=True)
 class Sketcher:
-    """The run's sketch signs (one per update coordinate, from the run seed) and a scratch vector to sketch through."""
+    """The sketch signs (one per update coordinate; from the run seed in the simulation, from a secret of the process in
+    the service, so that clients cannot know them) and a scratch vector to sketch through."""
 
     signs: np.ndarray = field(repr=False)  # float32 +-1, [P]
     scratch: np.ndarray = field(repr=False)  # float32, [P]
@@ -36,7 +37,7 @@ class Sketcher:
 
 
 def make_sketcher(size: int, seed: int, width: int = SKETCH_WIDTH) -> Sketcher:
-    """The signs for updates of `size` coordinates, drawn from (run seed, "monitoring-sketch")."""
+    """The signs for updates of `size` coordinates, drawn from (seed, "monitoring-sketch")."""
     if size < 1 or width < 1:
         raise ValueError(f"a sketch needs a positive update size and width, got {size} and {width}")
     bits = make_rng(seed, "monitoring-sketch").integers(0, 2, size, dtype=np.int8)

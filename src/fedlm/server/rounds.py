@@ -18,7 +18,8 @@ from fedlm.core.types import Task, Update
 from fedlm.privacy.adaptive_clip import next_clip_norm
 from fedlm.privacy.ledger import PrivacyLedger
 from fedlm.privacy.release import releasable_for
-from fedlm.updates.pipeline import Pipeline, fedavg_pipeline
+from fedlm.privacy.round_snr import noise_std_on_mean, round_signal_to_noise
+from fedlm.updates.pipeline import Pipeline, Stage, fedavg_pipeline
 from fedlm.updates.server import aggregate, apply_ingress, initial_optimizer_state, optimize
 
 
@@ -74,6 +75,7 @@ class RoundOutcome:
     accepted: tuple[str, ...]
     failed: tuple[str, ...]
     committed: bool  # False when no update arrived: the global is unchanged
+    released_norm: float | None = None  # L2 norm of the round's aggregate (under DP: the noised mean, releasable)
 
 
 def initial_state(global_vector: np.ndarray, pipeline: Pipeline | None = None) -> ServerState:
@@ -230,6 +232,19 @@ def clipped_share(rnd: OpenRound) -> float | None:
     return (len(bits) - sum(bits)) / len(bits) if bits else None
 
 
+def signal_to_noise(rnd: OpenRound, outcome: RoundOutcome) -> dict[str, float | None]:
+    """Under DP, the round's expected noise norm on the mean and its measured signal-to-noise ratio
+    (fedlm.privacy.round_snr); {} without DP or when nothing was released."""
+    plan = rnd.pipeline.privacy
+    if plan is None or outcome.released_norm is None:
+        return {}
+    noise = [step for step in rnd.pipeline.steps if step.stage in (Stage.CENTRAL_NOISE, Stage.NOISE_SHARE)]
+    if not noise:
+        return {}
+    std = noise_std_on_mean(plan, noise[0].param("noise_multiplier"), rnd.clip_norm, len(outcome.accepted))
+    return round_signal_to_noise(outcome.released_norm, std, rnd.total.size)
+
+
 def dominance_warning(rnd: OpenRound) -> str | None:
     """A sentence when sample-count weighting lets one client hold most of the round, else None.
 
@@ -284,4 +299,5 @@ def close_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, RoundO
     aggregate_delta = aggregate(rnd.pipeline, state.global_vector, rnd.total, rows, weights, rnd.clip_norm)
     new_global, opt_state = optimize(rnd.pipeline, state.opt_state, state.global_vector, aggregate_delta)
     new_state = ServerState(state.version + 1, new_global, rnd.round, opt_state, clip_norm, ledger)
-    return new_state, RoundOutcome(rnd.round, new_state.version, accepted, failed, committed=True)
+    released = float(np.linalg.norm(aggregate_delta.astype(np.float64)))
+    return new_state, RoundOutcome(rnd.round, new_state.version, accepted, failed, committed=True, released_norm=released)

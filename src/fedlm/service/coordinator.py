@@ -9,12 +9,13 @@ refused upload leaves the round, the tables and the blobs as they were (only the
 log notes the refusal). Under secure aggregation a round goes through the SecAgg
 stages (`RoundRow.stage`: advertise, share, mask, confirm, unmask), each a relay of typed messages
 to the protocol's server state machine (service.secure_stages); `collect` is the plain stage.
+Monitoring (service.round_monitor), the canary gate (service.canary) and privacy reporting
+(service.privacy_budget) are mixins of the coordinator in their own modules.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,25 +25,23 @@ from typing import Any
 import numpy as np
 
 from fedlm.config import RunConfig
+from fedlm.monitoring.history import history_from_records
+from fedlm.monitoring.watch import observe
 from fedlm.core.types import Task, Update
-from fedlm.monitoring.alerts import describe_alert
-from fedlm.monitoring.history import MonitorHistory, history_from_records
-from fedlm.monitoring.review import RoundReview, per_client_unavailable, review_round
-from fedlm.monitoring.sketch import make_sketcher
-from fedlm.monitoring.watch import RoundWatch, observe, open_watch
-from fedlm.privacy.accountant import epsilon_without_sampling
 from fedlm.server.rounds import (
     OpenRound, ServerState, UpdateRejected, accept_update, check_update, close_round, dominance_warning, initial_state,
-    clipped_share, mark_failed, open_round, weight_share,
+    clipped_share, mark_failed, open_round, signal_to_noise, weight_share,
 )
 from fedlm.service import store as db
 from fedlm.service.blobs import BlobStore, Staged
 from fedlm.service.errors import Refused
 from fedlm.service.blobs import CorruptBlob
 from fedlm.service.payloads import MalformedUpdate, decode_state, encode_state, read_masked, read_update
-from fedlm.service.privacy_budget import SAMPLING_ASSUMPTION, budget_stop, privacy_fields
+from fedlm.service.canary import CanaryGate
+from fedlm.service.privacy_budget import PrivacyBudgetReports, budget_stop, privacy_fields
+from fedlm.service.round_monitor import RoundMonitoring
 from fedlm.privacy.release import releasable_for, reported_sum
-from fedlm.service.registry import Evaluator, as_evaluation, regressed_slices, should_promote
+from fedlm.service.registry import Evaluator
 from fedlm.service.scheduling import Traits, ineligibility, invited_count, select_cohort
 from fedlm.service.secagg_codec import parameters_answer
 from fedlm.service.secure_stages import SecureStages, make_secagg_server
@@ -72,7 +71,7 @@ class Available:
     traits: Traits
 
 
-class Coordinator(SecureStages):
+class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReports):
     def __init__(
         self, store: db.Store, blobs: BlobStore, *, run: RunConfig, pipeline: Pipeline, initial_global: np.ndarray,
         scheduling: SchedulingSection, registry: RegistrySection, evaluator: Evaluator | None = None,
@@ -96,19 +95,6 @@ class Coordinator(SecureStages):
                 self._abandon(f"on restart: {self._failed_on_replay}")
 
     # ---- start-up -------------------------------------------------------------------
-    def _init_monitoring(self, size: int) -> None:
-        """Per-round update statistics and alerts ([monitoring]); per-client figures only where the server may see them."""
-        noise = max(self.run.privacy.noise_multiplier, self.pipeline.privacy.noise_multiplier if self.pipeline.privacy else 0.0)
-        self.monitor_unavailable = per_client_unavailable(secure=self.pipeline.mask is not None, noise_multiplier=noise)
-        wanted = self.run.monitoring.enabled and self.monitor_unavailable is None
-        self.sketcher = make_sketcher(size, self.run.run.seed) if wanted else None
-        self.watch: RoundWatch | None = None
-        self.alert_counts: dict[str, int] = {}  # alerts raised by kind since this process started (a Prometheus counter)
-        self.last_monitor: dict[str, Any] = {}  # the last closed round's "monitor" object
-        self.monitor_history = MonitorHistory()  # rebuilt from the versions' metrics on restart (_recover)
-
-    def _open_watch(self, cohort_size: int) -> RoundWatch | None:
-        return open_watch(self.sketcher, cohort_size) if self.sketcher is not None else None
 
     def _recover(self, initial_global: np.ndarray) -> tuple[ServerState, OpenRound | None, db.RoundRow | None]:
         """The last committed version, and the open round re-folded from its accepted updates."""
@@ -201,39 +187,6 @@ class Coordinator(SecureStages):
     @property
     def finished(self) -> bool:
         return self.rnd is None and (self.state.rounds_done >= self.run.federation.rounds or self._budget_spent())
-
-    def _budget_spent(self) -> bool:
-        return self.budget_stop_reason() is not None
-
-    def budget_stop_reason(self) -> str | None:
-        """Why no further round opens under privacy.target_epsilon (None while the budget allows one)."""
-        key = (len(self.state.ledger.entries), self.state.rounds_done)
-        if self._budget_memo[0] != key:
-            self._budget_memo = (key, budget_stop(self.pipeline.privacy, self.state.ledger, self.state.rounds_done + 1))
-        return self._budget_memo[1]
-
-    def privacy_report(self) -> dict[str, Any] | None:
-        """epsilon after the last closed round (as the ledger table holds it), delta and the budget; None without DP."""
-        plan = self.pipeline.privacy
-        if plan is None:
-            return None
-        with self.store.session() as session:
-            row = db.latest_ledger_row(session)
-            epsilon, rounds = (0.0, 0) if row is None else (row.epsilon, row.round)
-        without = self._epsilon_without_sampling(plan)
-        return {"epsilon": epsilon if epsilon >= 0 else None, "epsilon_without_sampling": without,
-                "sampling_assumption": SAMPLING_ASSUMPTION, "delta": plan.delta, "accounted_through_round": rounds,
-                "noise_multiplier": plan.noise_multiplier, "placement": plan.placement,
-                "target_epsilon": plan.target_epsilon or None, "stop_reason": self.budget_stop_reason()}
-
-    def _epsilon_without_sampling(self, plan: Any) -> float | None:
-        """The bound that assumes nothing about cohort selection, kept per ledger length (accounting costs ~0.1 s)."""
-        key = len(self.state.ledger.entries)
-        if self._unsampled_memo[0] != key:
-            events = [entry.event for entry in self.state.ledger.entries]
-            value = epsilon_without_sampling(events, delta=plan.delta, accountant=plan.accountant)
-            self._unsampled_memo = (key, value if math.isfinite(value) else None)
-        return self._unsampled_memo[1]
 
     def global_sha(self, version: int) -> str:
         with self.store.session() as session:
@@ -372,13 +325,13 @@ class Coordinator(SecureStages):
 
     # ---- closing ------------------------------------------------------------------------
     def _close(self, reason: str) -> None:
-        rnd, row = self.rnd, self.round_row
+        rnd = self.rnd
         for client in rnd.cohort:
             if client not in rnd.weights and client not in rnd.failed:
                 mark_failed(rnd, client)
         new_state, outcome = close_round(self.state, rnd)
         privacy = privacy_fields(self.pipeline.privacy, new_state.ledger)
-        metrics = {**self._round_metrics(rnd, reason), **privacy}
+        metrics = {**self._round_metrics(rnd, reason), **privacy, **signal_to_noise(rnd, outcome)}
         if outcome.committed:
             metrics.update(self._evaluate(new_state.global_vector))
         review = self._review(rnd, metrics)
@@ -407,14 +360,6 @@ class Coordinator(SecureStages):
         if stop is not None:
             log.info(stop, extra={"round": rnd.round, **privacy})
 
-    def _evaluate(self, vector: np.ndarray) -> dict[str, Any]:
-        """The canary gate's figures of a version: eval_loss, and eval_slices per sub-folder of registry.eval_data
-        (nothing without an evaluator). Version 0 is scored too, so the gate always has production's figures."""
-        if self.evaluator is None:
-            return {}
-        evaluation = as_evaluation(self.evaluator(vector))
-        return {"eval_loss": evaluation.loss, **({"eval_slices": evaluation.slices} if evaluation.slices else {})}
-
     def _round_metrics(self, rnd: OpenRound, reason: str) -> dict[str, Any]:
         losses = [(m["train_loss"], rnd.weights[c]) for c, m in rnd.metrics.items() if "train_loss" in m]
         train_loss = float(np.average([l for l, _ in losses], weights=[w for _, w in losses])) if losses else None
@@ -424,81 +369,6 @@ class Coordinator(SecureStages):
                 "max_client_share": weight_share(rnd), "clipped_share": clipped_share(rnd), "train_loss": train_loss,
                 "closed_by": reason,
                 "redacted": reported_sum(rnd.metrics.values(), "redacted")}  # PII values replaced, per the clients
-
-    def _review(self, rnd: OpenRound, metrics: dict[str, Any]) -> RoundReview | None:
-        """The round's monitoring verdict, its "monitor" object and "alerts" list put into `metrics` (monitoring on)."""
-        if not self.run.monitoring.enabled:
-            return None
-        review = review_round({**metrics, "round": rnd.round}, watch=self.watch, history=self.monitor_history,
-                              settings=self.run.monitoring, expected=min(len(rnd.cohort), self.round_row.target),
-                              unavailable=self.monitor_unavailable)
-        metrics["monitor"], metrics["alerts"] = review.monitor, review.alerts
-        return review
-
-    def _raise_alerts(self, round: int, review: RoundReview | None) -> None:
-        """Once the round is stored: each alert as one warning line and a count, and the history moves on."""
-        self.watch = None
-        if review is None:
-            return
-        self.monitor_history, self.last_monitor = review.history, review.monitor
-        for alert in review.alerts:
-            self.alert_counts[alert["kind"]] = self.alert_counts.get(alert["kind"], 0) + 1
-            fields = {"round": round, "alert": alert["kind"], **({"client_id": alert["client"]} if "client" in alert else {})}
-            log.warning(describe_alert(alert), extra=fields)
-
-    def monitoring_snapshot(self) -> tuple[dict[str, int], dict[str, Any]]:
-        """Alerts raised by kind since start-up and the last closed round's "monitor" object (for /metrics)."""
-        with self.lock:
-            return dict(self.alert_counts), dict(self.last_monitor)
-
-    def _commit_new_version(self, session: Any, state: ServerState, round: int, metrics: dict[str, Any]) -> ServerState:
-        """Commit the round's version through the canary gate; returns the state training goes on from (the new version,
-        or with registry.on_regression = "rollback" and a regression, a copy of the production version)."""
-        production = db.production_version(session)
-        production_row = session.get(db.VersionRow, production) if production is not None else None
-        before = dict(production_row.metrics) if production_row is not None else {}
-        margin = self.registry.canary_margin
-        worse = not should_promote(metrics.get("eval_loss"), before.get("eval_loss"), margin)
-        slices = regressed_slices(metrics.get("eval_slices") or {}, before.get("eval_slices") or {}, margin)
-        promote = not worse and not slices
-        self._commit_version(session, state, round=round, metrics=metrics, status="promoted" if promote else "held")
-        if promote:
-            db.set_production(session, state.version)
-            return state
-        what = ", ".join(([f"overall {metrics['eval_loss']:.4f} vs {before['eval_loss']:.4f}"] if worse else [])
-                         + [f"slice {name} {metrics['eval_slices'][name]:.4f} vs {before['eval_slices'][name]:.4f}"
-                            for name in slices])
-        db.audit(session, "canary_held", round=round, detail=f"v{state.version} worse than production v{production} "
-                 f"by more than the margin {margin:g}: {what}")
-        log.warning("round %d: version %d not promoted (worse than production v%d: %s)", round, state.version, production,
-                    what, extra={"round": round, "version": state.version})
-        if self.registry.on_regression != "rollback":
-            return state
-        return self._restore(session, state, production_row, round)
-
-    def _restore(self, session: Any, held: ServerState, production: db.VersionRow, round: int) -> ServerState:
-        """registry.on_regression = "rollback": the next version is production's model and optimizer state again, so
-        the next round trains from it. Spent privacy stays spent (the ledger, rounds done and clip norm go on)."""
-        saved = decode_state(self.blobs.read(production.state_sha256))
-        restored = replace(saved, version=held.version + 1, rounds_done=held.rounds_done, clip_norm=held.clip_norm,
-                           ledger=held.ledger)
-        figures = {k: production.metrics[k] for k in ("eval_loss", "eval_slices") if k in production.metrics}
-        self._commit_version(session, restored, round=round, status="restored",  # the same model: production's figures
-                             metrics={"restored_from": production.version, "rolled_back": held.version, **figures})
-        db.audit(session, "canary_rollback", round=round, detail=f"v{held.version} rolled back: training goes on from "
-                 f"v{restored.version}, a copy of production v{production.version}")
-        log.warning("round %d: rolled back to production v%d (as v%d)", round, production.version, restored.version,
-                    extra={"round": round, "version": restored.version})
-        return restored
-
-    def _record_ledger(self, session: Any, state: ServerState, round: int, epsilon: float | None) -> None:
-        """The round's DP event and epsilon so far (-1 when unbounded) in the privacy_ledger table."""
-        if self.pipeline.privacy is None or state.ledger.last_round != round:
-            return
-        from fedlm.privacy.ledger import PrivacyLedger
-
-        entry = PrivacyLedger(state.ledger.entries[-1:]).to_json()
-        session.add(db.LedgerRow(round=round, event=entry, epsilon=-1.0 if epsilon is None else epsilon))
 
 
 def log_refusal(client_id: str, round: int, refusal: Refused, *, size: int | None = None, sha256: str | None = None) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 from fedlm.privacy.accountant import epsilon_without_sampling
 from fedlm.privacy.ledger import PrivacyLedger
 from fedlm.privacy.plan import PrivacyPlan
+from fedlm.server.rounds import ServerState
+from fedlm.service import store as db
 
 
 # What the reported epsilon assumes about the service's cohorts, which it cannot make true by itself.
@@ -58,3 +60,49 @@ def survivors_guard(plan: PrivacyPlan | None, ledger: PrivacyLedger) -> Callable
 def budget_stop(plan: PrivacyPlan | None, ledger: PrivacyLedger, next_round: int) -> str | None:
     """Why round `next_round` may not open (it would take epsilon past the target), or None."""
     return None if plan is None else plan.stop_reason(ledger, next_round)
+
+
+class PrivacyBudgetReports:
+    """The coordinator's privacy reporting (a mixin of service.coordinator.Coordinator): epsilon after the last
+    closed round, the bound without the sampling assumption, the budget stop and the ledger table.
+    Needs the coordinator's pipeline, state, store and the two memo attributes it sets up."""
+
+    def _budget_spent(self) -> bool:
+        return self.budget_stop_reason() is not None
+
+    def budget_stop_reason(self) -> str | None:
+        """Why no further round opens under privacy.target_epsilon (None while the budget allows one)."""
+        key = (len(self.state.ledger.entries), self.state.rounds_done)
+        if self._budget_memo[0] != key:
+            self._budget_memo = (key, budget_stop(self.pipeline.privacy, self.state.ledger, self.state.rounds_done + 1))
+        return self._budget_memo[1]
+
+    def privacy_report(self) -> dict[str, Any] | None:
+        """epsilon after the last closed round (as the ledger table holds it), delta and the budget; None without DP."""
+        plan = self.pipeline.privacy
+        if plan is None:
+            return None
+        with self.store.session() as session:
+            row = db.latest_ledger_row(session)
+            epsilon, rounds = (0.0, 0) if row is None else (row.epsilon, row.round)
+        without = self._epsilon_without_sampling(plan)
+        return {"epsilon": epsilon if epsilon >= 0 else None, "epsilon_without_sampling": without,
+                "sampling_assumption": SAMPLING_ASSUMPTION, "delta": plan.delta, "accounted_through_round": rounds,
+                "noise_multiplier": plan.noise_multiplier, "placement": plan.placement,
+                "target_epsilon": plan.target_epsilon or None, "stop_reason": self.budget_stop_reason()}
+
+    def _epsilon_without_sampling(self, plan: Any) -> float | None:
+        """The bound that assumes nothing about cohort selection, kept per ledger length (accounting costs ~0.1 s)."""
+        key = len(self.state.ledger.entries)
+        if self._unsampled_memo[0] != key:
+            events = [entry.event for entry in self.state.ledger.entries]
+            value = epsilon_without_sampling(events, delta=plan.delta, accountant=plan.accountant)
+            self._unsampled_memo = (key, value if math.isfinite(value) else None)
+        return self._unsampled_memo[1]
+
+    def _record_ledger(self, session: Any, state: ServerState, round: int, epsilon: float | None) -> None:
+        """The round's DP event and epsilon so far (-1 when unbounded) in the privacy_ledger table."""
+        if self.pipeline.privacy is None or state.ledger.last_round != round:
+            return
+        entry = PrivacyLedger(state.ledger.entries[-1:]).to_json()
+        session.add(db.LedgerRow(round=round, event=entry, epsilon=-1.0 if epsilon is None else epsilon))

@@ -38,6 +38,7 @@ from fedlm.server.rounds import (
     close_round,
     dominance_warning,
     clipped_share,
+    signal_to_noise,
     weight_share,
     initial_state,
     make_tasks,
@@ -195,6 +196,7 @@ def round_record(rnd: OpenRound, outcome: RoundOutcome, result: EvalResult, seco
         "failed": len(outcome.failed),
         "max_client_share": weight_share(rnd),
         "clipped_share": clipped_share(rnd),  # None without clipping or under DP
+        **signal_to_noise(rnd, outcome),  # under DP: noise_norm and the measured signal_to_noise of the released mean
         "train_loss": train_loss,
         "train_tokens": reported_sum((rnd.metrics[c] for c in outcome.accepted), "tokens"),  # None under DP
         "redacted": reported_sum((rnd.metrics[c] for c in outcome.accepted), "redacted"),  # PII values replaced; None if off or DP
