@@ -21,6 +21,7 @@ import tomli_w
 # [model] and [task] live in model_settings; callers import every table (and ConfigError) from here.
 from fedlm.model_settings import TASK_KINDS, ModelSettings, TaskSettings  # noqa: F401
 from fedlm.monitoring.settings import MonitoringSettings
+from fedlm.server.policy_settings import PolicySettings, check_policy_combinations
 from fedlm.tracking.settings import TrackingSettings
 from fedlm.settings_checks import ConfigError, collect_problems, report, report_error, require  # noqa: F401
 
@@ -205,11 +206,19 @@ class PrivacySettings:
         return self.noise_multiplier > 0
 
 
+SCALES = ("auto", "chunk", "shared")  # compression.scale
+
+
 @dataclass(frozen=True)
 class CompressionSettings:
-    quantize_bits: int = 0  # 0 = off; 8 or 4: stochastic rounding with a scale per chunk (unbiased)
-    chunk: int = 2048  # values per quantization scale
+    quantize_bits: int = 0  # 0 = off; 8 or 4: unbiased stochastic rounding onto a grid of 2^bits - 1 levels
+    chunk: int = 2048  # scale = "chunk": values per quantization scale
     rotate: bool = False  # randomized Hadamard rotation before quantizing (spreads outliers)
+    # "chunk": each client scales each chunk by its own max |x|; "shared": one grid for the cohort, derived from
+    # strategy.clip_norm and the bits, whose rounding never leaves the clip norm (updates.dp_quantize): composes
+    # with DP and SecAgg; "auto": "shared" under DP or SecAgg, "chunk" otherwise
+    scale: str = "auto"
+    shared_range: float = 6.0  # scale = "shared": the largest code stands for this x clip_norm / sqrt(values)
     sparsify: str = "none"  # "none", "random" (a mask shared by the round's cohort), "top_k" (with error feedback)
     fraction: float = 1.0  # sparsify: share of coordinates sent
 
@@ -217,9 +226,16 @@ class CompressionSettings:
         require(self.quantize_bits in (0, 4, 8), "compression.quantize_bits", "must be 0 (off), 4 or 8")
         require(self.chunk >= 1, "compression.chunk", "must be >= 1")
         require(not self.rotate or self.quantize_bits > 0, "compression.rotate", "only applies with compression.quantize_bits")
+        require(self.scale in SCALES, "compression.scale", f"must be one of {SCALES}, got {self.scale!r}")
+        require(self.scale == "auto" or self.quantize_bits > 0, "compression.scale", "only applies with compression.quantize_bits")
+        require(0 < self.shared_range < math.inf, "compression.shared_range", "must be a finite number > 0")
+        require(self.shared_range == 6.0 or self.scale != "chunk", "compression.shared_range",
+                "only applies with compression.scale = 'shared' (or 'auto')")
         require(self.sparsify in ("none", "random", "top_k"), "compression.sparsify", "must be 'none', 'random' or 'top_k'")
         require(0 < self.fraction <= 1, "compression.fraction", "must be in (0, 1]")
         require(self.sparsify != "none" or self.fraction == 1, "compression.fraction", "needs compression.sparsify")
+        require(self.scale != "shared" or self.sparsify == "none", "compression.scale",
+                "'shared' cannot be combined with compression.sparsify: the shared grid bounds the whole update's norm")
 
 
 @dataclass(frozen=True)
@@ -307,6 +323,7 @@ class RunConfig:
     redaction: RedactionSettings = field(default_factory=RedactionSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     def __post_init__(self) -> None:
         """Checks that span tables; each message names the setting to change."""
@@ -325,6 +342,7 @@ class RunConfig:
                  "privacy.accountant", "'pld' cannot account fixed-size sampling; use 'rdp' or federation.sampling = 'poisson'")
         require(privacy.target_epsilon == 0 or privacy.enabled, "privacy.target_epsilon",
                  "a privacy budget needs privacy.noise_multiplier > 0")
+        check_policy_combinations(self)  # policy.kind = "fedbuff": what it cannot account or does not support
         if self.secagg.enabled:
             require(strategy.clip_norm > 0, "strategy.clip_norm",
                      "must be > 0 with secure aggregation: the integer encoding needs a bound on every value")

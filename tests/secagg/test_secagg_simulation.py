@@ -68,7 +68,7 @@ def test_a_round_whose_sum_cannot_be_recovered_is_abandoned(monkeypatch):
     ({"strategy": {"aggregator": "median"}, "privacy": {"noise_multiplier": 0.0}}, "median needs to see individual updates"),
     ({"lora": {"aggregation": "svd"}, "strategy": {"server_optimizer": "sgd", "server_lr": 1.0}}, "lora_svd needs to see individual"),
     ({"compression": {"sparsify": "top_k", "fraction": 0.1}, "privacy": {"noise_multiplier": 0.0}}, "top_k needs to see individual"),
-    ({"compression": {"quantize_bits": 8}, "privacy": {"noise_multiplier": 0.0}}, "quantize needs to see individual"),
+    ({"compression": {"quantize_bits": 8, "scale": "chunk"}, "privacy": {"noise_multiplier": 0.0}}, "compression.scale = 'chunk' cannot be combined with secagg.enabled"),
     ({"strategy": {"norm_bound": 1.0}, "privacy": {"noise_multiplier": 0.0}}, "norm_bound needs to see individual"),
 ])
 def test_combinations_that_need_single_updates_are_refused(sections, match):

@@ -31,7 +31,7 @@ def test_task_offer_carries_the_stage_and_round_parameters(secure_service):
     # k = n - 1 = 3 neighbours; t = floor(0.5 * 3) + 1 = 2; the bound is the clip norm (no noise share)
     assert task["stage"] == "advertise"
     assert task["secagg"] == {"cohort": list(FOUR), "neighbours": ["c1", "c2", "c3"], "threshold": 2, "size": 6,
-                              "bound": 10.0, "clients": 4}
+                              "bound": 10.0, "clients": 4, "step": 0.0}
 
 
 def test_secure_round_commits_the_mean_of_the_quantized_inputs_exactly(secure_service):

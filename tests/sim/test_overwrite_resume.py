@@ -76,3 +76,18 @@ def test_a_checkpoint_from_before_fingerprints_resumes_only_beside_its_own_metri
     (out / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match="checkpoint holds 3 rounds but metrics.jsonl records 0"):
         run_simulation(config(0, 4), out, resume=True)
+
+
+def test_the_fingerprint_ignores_settings_at_their_defaults_and_sees_a_changed_one():
+    # Prepare: a run config; a setting given at its default stands for one a later fedlm adds (what resumes must see)
+    from dataclasses import replace
+
+    from fedlm.config import RunConfig, apply_overrides
+    from fedlm.sim.rundir import run_fingerprint
+
+    run = apply_overrides(RunConfig(), {"lora": {"r": 4}, "federation": {"rounds": 3}})
+    # Assert: equal for what resume may change and for default-valued settings; different for a changed one
+    assert run_fingerprint(run) == run_fingerprint(replace(run, federation=replace(run.federation, rounds=9)))
+    assert run_fingerprint(run) != run_fingerprint(RunConfig())
+    assert run_fingerprint(run) == run_fingerprint(apply_overrides(run, {"monitoring": {"enabled": True}}))  # its default
+    assert run_fingerprint(run) != run_fingerprint(apply_overrides(run, {"compression": {"quantize_bits": 8}}))

@@ -49,12 +49,14 @@ class RichReporter:
         self.console.print(f"[bold]{label}[/] held-out perplexity {result.perplexity:.2f} (loss {result.loss:.4f}, {result.tokens} tokens)")
 
     def round_done(self, record: dict[str, Any]) -> None:
-        ev = record["eval"]
-        self.progress.update(self.rounds, advance=1, info=f"ppl {ev['perplexity']:.2f}")
+        ev = record.get("eval")  # a FedBuff step between evaluations has none
+        self.progress.update(self.rounds, advance=1, info=f"ppl {ev['perplexity']:.2f}" if ev else "")
+        loss = record.get("train_loss")
+        updates = f"{record['accepted']}/{record['cohort']} updates" if "cohort" in record else f"{record.get('accepted', '?')} updates"
         self.console.print(
-            f"round {record['round']}: v{record['version']}, {record['accepted']}/{record['cohort']} updates, "
-            f"train loss {record['train_loss'] if record['train_loss'] is None else round(record['train_loss'], 4)}, "
-            f"held-out perplexity {ev['perplexity']:.2f}, {record['seconds']:.1f} s"
+            f"round {record['round']}: v{record['version']}, {updates}, "
+            f"train loss {loss if loss is None else round(loss, 4)}"
+            + (f", held-out perplexity {ev['perplexity']:.2f}" if ev else "") + f", {record['seconds']:.1f} s"
             + (f", epsilon {record['epsilon']:.3f}" if "epsilon" in record else "")
         )
         sites = record.get("sites")

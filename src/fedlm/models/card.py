@@ -295,7 +295,11 @@ def secagg_row(secagg: Mapping[str, Any]) -> str:
 def compression_row(compression: Mapping[str, Any]) -> str:
     parts = []
     if compression.get("quantize_bits"):
-        parts.append(f"{compression['quantize_bits']}-bit stochastic quantization (chunk {compression.get('chunk', '?')})"
+        scale = compression.get("scale", "chunk")
+        where = {"shared": "on the cohort's shared grid, with conditional rounding within the clip norm",
+                 "auto": f"chunk {compression.get('chunk', '?')}, or the cohort's shared grid under DP or secure aggregation"}
+        parts.append(f"{compression['quantize_bits']}-bit stochastic quantization "
+                     f"({where.get(scale, 'chunk ' + str(compression.get('chunk', '?')))})"
                      + (" after a random Hadamard rotation" if compression.get("rotate") else ""))
     if compression.get("sparsify", "none") != "none":
         parts.append(f"`{compression['sparsify']}` sparsification keeping {number(compression.get('fraction'))} "

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from fedlm.core.rng import make_rng
 from fedlm.secagg.server import SecAggServer
 from fedlm.secagg.session import make_server
+from fedlm.updates.client import secagg_grid
 from fedlm.updates.pipeline import Pipeline, Stage
 
 # How far past the clip norm a noised coordinate may reach before the encoding clips it:
@@ -43,5 +44,7 @@ def round_server(pipeline: Pipeline, round: int, cohort: Sequence[str], *, size:
     mask = pipeline.mask
     if mask is None:
         raise ValueError("this pipeline has no secure-aggregation step")
+    grid = secagg_grid(pipeline, clip_norm=clip_norm, size=size)  # DP-safe 8-bit: the inputs' shared grid, sent as codes
+    bound, step = (float(grid.scale), float(grid.step)) if grid else (value_bound(pipeline, clip_norm), 0.0)
     return make_server(round, cohort, size=size, neighbours=int(mask.param("neighbours")), threshold=mask.param("threshold"),
-                       bound=value_bound(pipeline, clip_norm), rng=make_rng(seed, "secagg-graph", round))
+                       bound=bound, rng=make_rng(seed, "secagg-graph", round), step=step)

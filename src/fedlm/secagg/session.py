@@ -55,11 +55,11 @@ class SecureSum:
 
 
 def make_server(round: int, cohort: Sequence[str], *, size: int, neighbours: int, threshold: float,
-                bound: float, rng: np.random.Generator) -> SecAggServer:
+                bound: float, rng: np.random.Generator, step: float = 0.0) -> SecAggServer:
     """A server for `cohort`: k from `neighbours` (0: all), t from the threshold fraction of k."""
     degree = effective_degree(neighbours, len(cohort))
     return SecAggServer(round, cohort, size=size, degree=degree, threshold=threshold_for(degree, threshold),
-                        encoding=FixedPoint(bound, len(cohort)), rng=rng)
+                        encoding=FixedPoint(bound, len(cohort), step), rng=rng)
 
 
 def run_round(

@@ -123,7 +123,7 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
                 for update in db.accepted_updates(session, row.round):
                     try:
                         vector = self._read_plain(self.blobs.verified_path(update.sha256), update.client_id, update.round,
-                                                  size=state.global_vector.size)
+                                                  size=state.global_vector.size, clip_norm=rnd.clip_norm)
                     except (CorruptBlob, MalformedUpdate) as err:
                         self._lose_update(session, update, err)
                         continue
@@ -279,13 +279,15 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
         try:
             if self.pipeline.mask is not None:
                 return read_masked(staged.path, size=size)
-            return self._read_plain(staged.path, client_id, round, size=size)
+            return self._read_plain(staged.path, client_id, round, size=size,
+                                    clip_norm=self.rnd.clip_norm if self.rnd is not None else self.state.clip_norm)
         except MalformedUpdate as err:
             raise Refused(400, "malformed_update", str(err)) from None
 
-    def _read_plain(self, path: Any, client_id: str, round: int, *, size: int) -> np.ndarray:
-        """A plain update, decoded from the run's compression (the seed, round and client redraw a mask or rotation)."""
-        task = Task(round=round, version=0, client_id=client_id)  # the decoder reads only round and client id
+    def _read_plain(self, path: Any, client_id: str, round: int, *, size: int, clip_norm: float) -> np.ndarray:
+        """A plain update, decoded from the run's compression (the seed, round and client redraw a mask or rotation;
+        the round's clip norm gives the shared quantization grid under DP)."""
+        task = Task(round=round, version=0, client_id=client_id, clip_norm=clip_norm)  # the decoder reads no version
         return read_update(path, size=size, compression=compression_of(self.pipeline), seed=self.run.run.seed, task=task)
 
     def _check_task(self, client_id: str, round: int, version: int) -> None:

@@ -123,12 +123,13 @@ def unmask_from(client: str, round: int, body: dict[str, Any]) -> UnmaskShares:
 # ---- coordinator -> client ----------------------------------------------------------------
 def parameters_answer(params: RoundParameters) -> dict[str, Any]:
     return {"cohort": list(params.cohort), "neighbours": list(params.neighbours), "threshold": params.threshold,
-            "size": params.size, "bound": params.encoding.bound, "clients": params.encoding.clients}
+            "size": params.size, "bound": params.encoding.bound, "clients": params.encoding.clients,
+            "step": params.encoding.step}
 
 
 def parameters_from_answer(round: int, answer: dict[str, Any]) -> RoundParameters:
     try:
-        encoding = FixedPoint(float(answer["bound"]), int(answer["clients"]))
+        encoding = FixedPoint(float(answer["bound"]), int(answer["clients"]), float(answer.get("step", 0.0)))
         return RoundParameters(round, tuple(answer["cohort"]), tuple(answer["neighbours"]), int(answer["threshold"]),
                                int(answer["size"]), encoding)
     except (KeyError, TypeError, ValueError) as err:

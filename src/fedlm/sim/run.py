@@ -5,7 +5,9 @@ a run (its privacy ledger included) from its last completed round. If a round fa
 the run is interrupted, the last committed global adapter is still exported and
 summary.json says how the run ended. The trackers in tracking.report_to (fedlm.tracking) get
 the config, each round's line and, at the end, the adapter and the run's status; a resumed
-run continues them.
+run continues them. Under policy.kind = "fedbuff" the asynchronous engine (sim.async_engine) runs
+instead of synchronous rounds: a metrics line per server step, the same summary and adapter, but no
+checkpoint, so `--resume` is refused for it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from fedlm.models.card import RunFacts, base_origin, model_card
 from fedlm.data.redaction import redaction_summary
 from fedlm.eval.sites import site_summary
 from fedlm.models.lora import export_adapter
+from fedlm.server.policy_settings import check_policy_combinations
 from fedlm.server.rounds import ServerState, initial_state
+from fedlm.sim.async_engine import simulate_fedbuff
 from fedlm.sim.checkpoint import checkpoint_meta, load_checkpoint_full, save_checkpoint
 from fedlm.sim.engine import RunResult, privacy_fields, simulate
 from fedlm.sim.events import Reporter
@@ -73,6 +77,7 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         "redaction": redaction_summary(sim.dataset, sim.config),  # placeholders per PII type in the data (None when off)
     }
     summary.update(privacy_fields(sim, state))
+    summary.update(policy_fields(sim, result))
     if result is not None:
         summary["base"] = result.base_eval.as_dict()
         summary["final"] = result.final_eval.as_dict()
@@ -82,6 +87,15 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         if result.stop_reason:
             summary["stop_reason"] = result.stop_reason
     return summary
+
+
+def policy_fields(sim: Simulation, result: RunResult | None) -> dict[str, Any]:
+    """Under policy.kind = 'fedbuff': the policy, and the virtual time and refusals at the last server step."""
+    if sim.config.policy.kind == "sync":
+        return {}
+    last = result.records[-1] if result is not None and result.records else {}
+    return {"policy": sim.config.policy.kind, "sim_seconds": last.get("sim_seconds"),
+            "refused_total": last.get("refused_total")}
 
 
 def check_resume_config(saved: RunConfig, config: RunConfig) -> None:
@@ -140,6 +154,10 @@ def run_simulation(
 ) -> dict[str, Any]:
     """Prepare, simulate every round, export the adapter and write summary.json; returns the summary."""
     check_installed(config.tracking)  # a missing tracking library stops the run before anything loads
+    check_policy_combinations(config)  # what policy.kind = 'fedbuff' cannot account or run, before anything loads
+    if resume and config.policy.kind == "fedbuff":
+        raise ValueError("--resume is not supported for policy.kind = 'fedbuff' yet: the buffer, the clients in flight "
+                         "and the virtual clock are not checkpointed; start a new run")
     if resume and not (Path(out) / CONFIG_FILE).is_file():
         raise ValueError(f"--resume needs a run directory; {out} holds no {CONFIG_FILE}")
     if resume:
@@ -163,8 +181,10 @@ def run_simulation(
 
     def on_record(record: dict[str, Any], state: ServerState) -> None:
         # the checkpoint (with the ledger) first: a crash after it loses only a metrics line,
-        # never a released round that the ledger does not hold
-        save_checkpoint(out, state, private, sim.residuals, fingerprint=fingerprint)
+        # never a released round that the ledger does not hold. fedbuff cannot resume (its buffer
+        # and clients in flight are not saved), so it writes none.
+        if config.policy.kind == "sync":
+            save_checkpoint(out, state, private, sim.residuals, fingerprint=fingerprint)
         append_metrics(out, record)
         trackers.log_round(record)
         last["state"], last["eval"] = state, record
@@ -172,7 +192,10 @@ def run_simulation(
     result, status = None, "failed"
     try:
         history = history_from_records(read_metrics(out)) if resume else None  # drift judged against the earlier rounds
-        result = simulate(sim, reporter, on_record=on_record, private_state=private, start=start, monitor_history=history)
+        if config.policy.kind == "fedbuff":
+            result = simulate_fedbuff(sim, reporter, on_record=on_record, private_state=private)
+        else:
+            result = simulate(sim, reporter, on_record=on_record, private_state=private, start=start, monitor_history=history)
         status = "budget_exhausted" if result.stop_reason else "completed"
     except KeyboardInterrupt:
         status = "interrupted"

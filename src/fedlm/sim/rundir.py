@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedlm.config import RunConfig, SimulationSettings, dump_config
+from fedlm.config import RunConfig, SimulationSettings, config_to_dict, dump_config
 from fedlm.tracking.settings import TrackingSettings
 from fedlm.tracking.state import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
 
@@ -66,8 +66,13 @@ def run_identity(config: RunConfig) -> RunConfig:
 
 
 def run_fingerprint(config: RunConfig) -> str:
-    """A hash of the run's identity (`run_identity`), kept in its checkpoint."""
-    return hashlib.sha256(dump_config(run_identity(config)).encode()).hexdigest()[:16]
+    """A hash of the run's identity (`run_identity`), kept in its checkpoint: of the settings that differ from their
+    defaults only, so a later fedlm that adds a setting (at a default that keeps today's behaviour) still resumes
+    the run."""
+    identity, defaults = config_to_dict(run_identity(config)), config_to_dict(RunConfig())
+    changed = sorted((section, key, value) for section, values in identity.items() for key, value in values.items()
+                     if defaults.get(section, {}).get(key, object()) != value)
+    return hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_config(path: Path, config: RunConfig) -> None:

@@ -7,7 +7,7 @@ from fedlm.config import CompressionSettings, LoraSettings, SecAggSettings, Stra
 from fedlm.core.vectors import Spec
 from fedlm.privacy.accountant import update_noise_for
 from fedlm.privacy.plan import PrivacyPlan
-from fedlm.updates.pipeline import Pipeline, PipelineError, Stage, Step, make_pipeline
+from fedlm.updates.pipeline import SHARED_QUANTIZE, Pipeline, PipelineError, Stage, Step, make_pipeline
 
 
 def make_server_optimizer(strategy: StrategySettings) -> ServerOptimizer:
@@ -53,18 +53,66 @@ def privacy_steps(plan: PrivacyPlan | None) -> tuple[list[Step], list[Step]]:
     return [], [Step("central_noise", Stage.CENTRAL_NOISE, params=z)]
 
 
-def compression_steps(compression: CompressionSettings) -> list[Step]:
+def resolved_scale(compression: CompressionSettings, privacy: PrivacyPlan | None, secagg: SecAggSettings | None) -> str:
+    """compression.scale with "auto" decided: the shared grid under DP or SecAgg, a scale per chunk otherwise."""
+    if compression.scale != "auto":
+        return compression.scale
+    return "shared" if privacy is not None or (secagg is not None and secagg.enabled) else "chunk"
+
+
+def compression_steps(compression: CompressionSettings, scale: str = "chunk") -> list[Step]:
     """Sparsify, then quantize what is kept. A random mask is the same for the whole cohort, so
-    masked updates still sum coordinate-wise; top-k and per-client quantization scales are not sums."""
+    masked updates still sum coordinate-wise; top-k and per-client quantization scales are not sums,
+    codes on the cohort's shared grid are (unless each client rotates with its own signs)."""
     steps = []
     if compression.sparsify == "random":
         steps.append(Step("random_mask", Stage.SPARSIFY, params=(("fraction", compression.fraction),)))
     elif compression.sparsify == "top_k":
         steps.append(Step("top_k", Stage.SPARSIFY, summable=False, params=(("fraction", compression.fraction),)))
-    if compression.quantize_bits:
+    if compression.quantize_bits and scale == "shared":
+        params = (("bits", compression.quantize_bits), ("rotate", float(compression.rotate)),
+                  ("spread", compression.shared_range))
+        steps.append(Step(SHARED_QUANTIZE, Stage.QUANTIZE, summable=not compression.rotate, params=params))
+    elif compression.quantize_bits:
         params = (("bits", compression.quantize_bits), ("chunk", compression.chunk), ("rotate", float(compression.rotate)))
         steps.append(Step("quantize", Stage.QUANTIZE, summable=False, params=params))
     return steps
+
+
+def check_compression(compression: CompressionSettings, strategy: StrategySettings, privacy: PrivacyPlan | None,
+                      secagg: SecAggSettings | None) -> None:
+    """Raise PipelineError, naming both settings, for quantization that DP or SecAgg cannot take."""
+    if not compression.quantize_bits:
+        return
+    bits, secure = compression.quantize_bits, secagg is not None and secagg.enabled
+    shared = resolved_scale(compression, privacy, secagg) == "shared"
+    if privacy is not None and not shared:
+        raise PipelineError(
+            f"compression.quantize_bits = {bits} with compression.scale = 'chunk' cannot be combined with differential"
+            f" privacy (privacy.noise_multiplier = {privacy.noise_multiplier:g}): a client's own scale lets rounding push"
+            " its update past strategy.clip_norm, which the noise is calibrated to; set compression.scale = 'shared'")
+    if secure and not shared:
+        raise PipelineError(
+            f"compression.quantize_bits = {bits} with compression.scale = 'chunk' cannot be combined with secagg.enabled:"
+            " codes on each client's own scales do not sum; set compression.scale = 'shared'")
+    if not shared:
+        return
+    if privacy is not None and privacy.placement == "distributed":
+        raise PipelineError(
+            f"compression.quantize_bits = {bits} cannot be combined with privacy.placement = 'distributed': each noise"
+            " share would be rounded with its update, so the sum would no longer carry the Gaussian noise the"
+            " accountant counts (that takes the distributed discrete Gaussian of Kairouz et al. 2021); use"
+            " privacy.placement = 'central' or compression.quantize_bits = 0")
+    if strategy.clip_norm <= 0:
+        raise PipelineError("compression.scale = 'shared' needs strategy.clip_norm > 0: the cohort's grid is derived from it")
+    if compression.sparsify != "none":
+        raise PipelineError(
+            f"compression.sparsify = {compression.sparsify!r} cannot be combined with compression.quantize_bits under"
+            " differential privacy or secure aggregation: the shared grid (compression.scale) bounds the whole update")
+    if secure and compression.rotate:
+        raise PipelineError(
+            "compression.rotate cannot be combined with secagg.enabled: each client rotates with its own signs, so the"
+            " server could not unrotate the masked sum; set compression.rotate = false")
 
 
 def secagg_steps(secagg: SecAggSettings | None) -> tuple[list[Step], list[Step]]:
@@ -90,13 +138,15 @@ def build_pipeline(
     et al. 2018), not by the number of arrivals, so one client changes the mean by at most
     clip_norm / expected_cohort.
     """
+    compression = compression or CompressionSettings()
+    check_compression(compression, strategy, privacy, secagg)
     client_dp, server_dp = privacy_steps(privacy)
     mask, unmask = secagg_steps(secagg)
     steps: list[Step] = []
     if strategy.clip_norm > 0:
         steps.append(Step("clip", Stage.CLIP, params=(("clip_norm", strategy.clip_norm),)))
     steps += client_dp
-    steps += compression_steps(compression or CompressionSettings())
+    steps += compression_steps(compression, resolved_scale(compression, privacy, secagg))
     steps += mask
     if strategy.norm_bound > 0:
         steps.append(Step("norm_bound", Stage.INGRESS, summable=False, params=(("max_norm", strategy.norm_bound),)))

@@ -1,13 +1,18 @@
 """The client side of the pipeline: encode one update in place before it leaves the client,
 and the server's exact inverse, which turns the wire payload back into the dense vector.
 
-clip -> [noise share] -> [sparsify] -> [rotate + quantize]. The simulation runs the lossy
-channel in place: what the server folds is exactly what it would decode from the wire,
-and `bytes_up` is the size of that wire payload (see updates.wire). `fedlm join` takes the
-payload itself (`make_wire_encoder`): quantized codes and scales, sparse values, top-k
-indices (a random mask's indices and the rotation's signs are redrawn by the server from
-the run seed, the round and the client id, so they are not sent), and the coordinator
-decodes it with `decode_payload`, bit for bit into the vector the simulation folds.
+clip -> [noise share] -> [sparsify] -> [rotate + quantize]. The quantizer scales each chunk
+by the client's own max |x| (updates.quantize), or, under DP or SecAgg, rounds onto the
+cohort's shared grid without leaving the clip norm (updates.dp_quantize); that grid comes
+from the round's clip norm, so the server checks a payload's scale against its own.
+
+The simulation runs the lossy channel in place: what the server folds is exactly what it
+would decode from the wire, and `bytes_up` is the size of that wire payload (see
+updates.wire). `fedlm join` takes the payload itself (`make_wire_encoder`): quantized codes
+and scales, sparse values, top-k indices (a random mask's indices and the rotation's signs
+are redrawn by the server from the run seed, the round and the client id, so they are not
+sent), and the coordinator decodes it with `decode_payload`, bit for bit into the vector
+the simulation folds.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from fedlm.core.types import Task
 from fedlm.privacy.noise import add_gaussian
 from fedlm.updates import wire
 from fedlm.updates.clip import clip_in_place
-from fedlm.updates.pipeline import Pipeline, Step
+from fedlm.updates.dp_quantize import SharedGrid, is_on_grid, quantize_shared
+from fedlm.updates.pipeline import SHARED_QUANTIZE, Pipeline, Step
 from fedlm.updates.quantize import Quantized, dequantize, quantize
-from fedlm.updates.rotate import rotate, unrotate
+from fedlm.updates.rotate import padded_size, rotate, unrotate
 from fedlm.updates.sparsify import kept_count, random_mask, top_k
 
 Encoder = Callable[[np.ndarray, Task, "np.ndarray | None"], dict[str, float]]
@@ -84,8 +90,44 @@ def select(step: Step | None, vector: np.ndarray, task: Task, seed: int, residua
     return top_k(vector, fraction=fraction)
 
 
+def shared_grid(step: Step, clip_norm: float, count: int) -> SharedGrid:
+    """The cohort's grid for `count` values at this clip norm (the rotation's padded length when it rotates)."""
+    coded = padded_size(count) if step.param("rotate") else count
+    return SharedGrid(int(step.param("bits")), clip_norm, coded, step.param("spread"))
+
+
+def secagg_grid(pipeline: Pipeline, *, clip_norm: float, size: int) -> SharedGrid | None:
+    """The grid a SecAgg round's inputs lie on (its step makes the integer encoding exact), or None."""
+    quantizer = compression_of(pipeline).quantizer
+    if quantizer is None or quantizer.name != SHARED_QUANTIZE:
+        return None
+    return shared_grid(quantizer, clip_norm, size)
+
+
+def quantized_chunk(quantizer: Step, count: int) -> int:
+    """Values per scale on the wire: the setting, or all of them on the shared grid (one scale)."""
+    if quantizer.name != SHARED_QUANTIZE:
+        return int(quantizer.param("chunk"))
+    return max(padded_size(count) if quantizer.param("rotate") else count, 1)
+
+
+def compress_shared(step: Step, values: np.ndarray, task: Task, seed: int) -> tuple[np.ndarray, Quantized]:
+    """[rotate ->] conditional randomized rounding onto the shared grid: decoded values (norm <= the clip norm), codes."""
+    grid = shared_grid(step, task.clip_norm, values.size)
+    rng = make_rng(seed, "quantize", task.round, task.client_id)
+    if not step.param("rotate"):
+        q, decoded = quantize_shared(values, grid, rng)
+        return decoded, q
+    rotation = rotation_seed(seed, task)
+    q, decoded = quantize_shared(rotate(values, seed=rotation), grid, rng,
+                                 decode=lambda codes: unrotate(dequantize(codes), seed=rotation, size=values.size))
+    return decoded, q
+
+
 def compress(step: Step, values: np.ndarray, task: Task, seed: int) -> tuple[np.ndarray, Quantized]:
     """[rotate ->] stochastic quantization [-> unrotate]: the values the server decodes, and the codes sent."""
+    if step.name == SHARED_QUANTIZE:
+        return compress_shared(step, values, task, seed)
     bits, chunk = int(step.param("bits")), int(step.param("chunk"))
     rng = make_rng(seed, "quantize", task.round, task.client_id)
     if step.param("rotate"):
@@ -102,7 +144,7 @@ def payload_bytes(size: int, kept: np.ndarray | None, quantizer: Step | None, sp
     with_indices, rotated = compression.sends_indices, compression.rotates
     count = size if kept is None else kept.size
     if quantizer is not None:
-        bits, chunk = int(quantizer.param("bits")), int(quantizer.param("chunk"))
+        bits, chunk = int(quantizer.param("bits")), quantized_chunk(quantizer, count)
         if kept is None:
             return wire.quantized_bytes(count, bits=bits, chunk=chunk, rotated=rotated)
         return wire.quantized_sparse_bytes(count, bits=bits, chunk=chunk, with_indices=with_indices, rotated=rotated)
@@ -224,14 +266,28 @@ def decode_payload(data: bytes, *, compression: Compression, seed: int, task: Ta
 def _dequantized(fields: dict, quantizer: Step, seed: int, task: Task, count: int) -> np.ndarray:
     """The quantized values as the client decoded them: dequantize [-> unrotate]."""
     q, rotated_from = fields["quantized"], fields["rotated_from"]
-    bits, chunk, rotates = int(quantizer.param("bits")), int(quantizer.param("chunk")), bool(quantizer.param("rotate"))
-    if (q.bits, q.chunk) != (bits, chunk):
-        raise ValueError(f"this run quantizes to {bits} bits in chunks of {chunk}; the payload has {q.bits} and {q.chunk}")
+    bits, rotates = int(quantizer.param("bits")), bool(quantizer.param("rotate"))
+    if quantizer.name != SHARED_QUANTIZE and (q.bits, q.chunk) != (bits, int(quantizer.param("chunk"))):
+        raise ValueError(f"this run quantizes to {bits} bits in chunks of {int(quantizer.param('chunk'))}; the payload "
+                         f"has {q.bits} and {q.chunk}")
     if rotates != (rotated_from is not None):
         raise ValueError(f"this run {'rotates' if rotates else 'does not rotate'} before quantizing; the payload "
                          f"{'is' if rotated_from is not None else 'is not'} rotated")
+    if rotates and rotated_from != count:  # unrotate needs the right length to redraw the same signs
+        raise ValueError(f"this run sends {count} values per update, the payload has {rotated_from}")
+    if quantizer.name == SHARED_QUANTIZE:
+        _check_shared_grid(q, quantizer, task, count)
     if not rotates:
         return dequantize(q)
-    if rotated_from != count:  # unrotate needs the right length to redraw the same signs
-        raise ValueError(f"this run sends {count} values per update, the payload has {rotated_from}")
     return unrotate(dequantize(q), seed=rotation_seed(seed, task), size=count)
+
+
+def _check_shared_grid(q: Quantized, quantizer: Step, task: Task, count: int) -> None:
+    """A payload on the shared grid must carry exactly the grid the server derives from the round's clip norm."""
+    if not task.clip_norm > 0:
+        raise ValueError("a payload on the shared grid is decoded with the round's clip norm; the task carries none")
+    grid = shared_grid(quantizer, task.clip_norm, count)
+    if not is_on_grid(q, grid):
+        raise ValueError(f"this run quantizes {grid.count} values to {grid.bits} bits on the cohort's shared grid of scale "
+                         f"{float(grid.scale):.6g}; the payload has {q.size} values, {q.bits} bits and "
+                         f"{q.scales.size} scale(s) ({float(q.scales[0]) if q.scales.size else 0:.6g})")

@@ -47,6 +47,8 @@ class Stage(enum.IntEnum):
 
 
 CLIENT_STAGES = {Stage.CLIP, Stage.NOISE_SHARE, Stage.SPARSIFY, Stage.QUANTIZE, Stage.MASK}
+# The quantizer on the cohort's shared grid (updates.dp_quantize): its rounding never leaves the clip norm
+SHARED_QUANTIZE = "shared_quantize"
 
 
 @dataclass(frozen=True)
@@ -141,17 +143,25 @@ def _check_secure_sum(steps: tuple[Step, ...]) -> None:
 def _check_noise_follows_clip(steps: tuple[Step, ...]) -> None:
     """Gaussian noise is calibrated to the clip norm: it needs a clip before it, a sum after it,
     and nothing in between that can raise an update's norm past the clip (sparsifying rescales
-    kept values, stochastic rounding can round up, error feedback adds old residuals)."""
+    kept values, stochastic rounding can round up, error feedback adds old residuals). The one
+    quantizer allowed is the shared grid's, whose rounding never leaves the clip norm, and only
+    with central noise: a client's noise share would be rounded with its update (dp_quantize)."""
     noise = [s for s in steps if s.stage in (Stage.NOISE_SHARE, Stage.CENTRAL_NOISE)]
     clip = next((s for s in steps if s.stage == Stage.CLIP), None)
     for n in noise:
         if clip is None:
             raise PipelineError(f"{n.name} needs a clip step before it: noise is calibrated to the clipped norm")
         for other in steps:
-            if other.stage in (Stage.SPARSIFY, Stage.QUANTIZE):
+            if other.name == SHARED_QUANTIZE and n.stage == Stage.NOISE_SHARE:
+                raise PipelineError(
+                    f"{other.name} cannot be combined with {n.name}: the noise share would be rounded with the"
+                    " update, so the sum would no longer carry the Gaussian noise the accounting counts"
+                )
+            if other.stage == Stage.SPARSIFY or (other.stage == Stage.QUANTIZE and other.name != SHARED_QUANTIZE):
                 raise PipelineError(
                     f"{other.name} cannot be combined with {n.name}: it can raise an update's norm past the clip"
-                    " norm the noise is calibrated to; turn compression off with differential privacy"
+                    " norm the noise is calibrated to; turn compression off with differential privacy, or quantize"
+                    " on the cohort's shared grid (compression.scale = 'shared')"
                 )
             if other.stage == Stage.INGRESS:
                 raise PipelineError(
