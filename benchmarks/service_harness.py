@@ -55,15 +55,15 @@ def make_certificates(root: Path, names: list[str]) -> None:
         certs.issue_client(root / CERTS, name)
 
 
-def raise_open_files_limit() -> tuple[int, int]:
+def raise_open_files_limit() -> tuple[int, int, int]:
     """Raise this process's soft limit on open files to its hard limit (1,000 clients hold 1,000 sockets, and the
-    server's as many again); returns (soft, hard) after."""
+    server's as many again); returns (soft limit before, soft limit after, hard limit)."""
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
+    before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if before < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
+    return before, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard
 
 
 def status_kib(pid: int, field: str) -> int:

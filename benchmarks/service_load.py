@@ -14,7 +14,8 @@ What it measures
     one run. Reported per configuration: rounds completed, accepted uploads/s (over the whole
     run, polls and downloads included), p50/p99 latency of uploads and of task polls, wall
     seconds per round, the server process's peak RSS (VmHWM), and where the server's time
-    went (benchmarks/stack_sampler.py, a sampling profile taken inside the server process).
+    went (benchmarks/server_profile.py: a sampling profile taken inside the server process, and
+    the coordinator's lock timed), and the server's CPU seconds per accepted upload.
 
 The baseline
     A bare ASGI app under the same uvicorn with the same mutual TLS and protocol class that
@@ -47,161 +48,24 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from light_clients import Tally, run_clients
 from service_harness import (
     BareProtocol, ServerProcess, client_context, coordinator_runtime, drop_postgres, free_port, make_certificates,
     raise_open_files_limit, serve_forever, status_kib, uses_postgres_at,
 )
+from service_load_report import print_load, print_memory
 
+PROFILE_SAVED_EVERY = 1.0  # seconds (server_profile.StackSampler's save_every)
 POSTGRES_URL = os.environ.get("FEDLM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-CHUNK = 64 * 1024  # upload pieces: each client streams its body, so the generator holds no encrypted copy of it
-MOVE_ON = ("already_answered", "round_not_open")  # refusals a worker moves on from (service.client_worker.upload)
-RETRIED_4XX = (408, 429)  # as service.transport: retried like transport errors and 5xx
-
-
-@dataclass
-class Tally:
-    """What the clients of one configuration saw."""
-
-    upload_s: list[float] = field(default_factory=list)
-    poll_s: list[float] = field(default_factory=list)
-    download_s: list[float] = field(default_factory=list)
-    retried: Counter = field(default_factory=Counter)  # why a request was retried: "HTTP 507 staging_full", "ReadError"
-    refused: Counter = field(default_factory=Counter)  # 4xx answers that ended a request
-    accepted: Counter = field(default_factory=Counter)  # round -> updates accepted
-    round_end: dict[int, float] = field(default_factory=dict)  # round -> when its last accepted upload returned
-    failures: list[str] = field(default_factory=list)  # clients that stopped on an error
-
-
-class LightClient:
-    """One client: its own certificate and keep-alive connection; requests retried like service.transport's."""
-
-    def __init__(self, http: Any, tally: Tally, give_up_after: float = 300.0) -> None:
-        self.http, self.tally, self.give_up_after = http, tally, give_up_after
-        self.rng = random.Random()
-
-    async def request(self, method: str, path: str, *, content: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        import httpx
-
-        started, attempt = time.monotonic(), 0
-        while True:
-            try:
-                response = await self.http.request(method, path, content=content() if content else None, **kwargs)
-                if response.status_code < 500 and response.status_code not in RETRIED_4XX:
-                    return response
-                reason = f"HTTP {response.status_code} {error_code(response)}".rstrip()
-            except httpx.TransportError as err:
-                reason = type(err).__name__
-            self.tally.retried[f"{reason} on {method} {route_of(path)}"] += 1
-            if time.monotonic() - started > self.give_up_after:
-                raise RuntimeError(f"{method} {path}: gave up after {self.give_up_after:.0f} s ({reason})")
-            await asyncio.sleep(self.rng.uniform(0, min(5.0, 0.2 * 2**attempt)))
-            attempt += 1
-
-
-def route_of(path: str) -> str:
-    """The route template of a request path (numbers replaced), for counting retries by route."""
-    return "/".join("{n}" if part.isdigit() else part for part in path.split("/"))
-
-
-def error_code(response: Any) -> str:
-    try:
-        return str(response.json().get("error", ""))
-    except ValueError:
-        return ""
-
-
-async def pieces(body: bytes) -> AsyncIterator[bytes]:
-    view = memoryview(body)
-    for start in range(0, len(body), CHUNK):
-        yield bytes(view[start:start + CHUNK])
-
-
-async def upload(client: LightClient, task: dict[str, Any], body: bytes) -> None:
-    tally, started = client.tally, time.perf_counter()
-    response = await client.request(
-        "POST", f"/v1/rounds/{task['round']}/updates", content=lambda: pieces(body),
-        params={"version": task["version"], "num_samples": 1},
-        headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(body)),
-                 "X-Fedlm-Metrics": json.dumps({"bytes_up": float(len(body))})})
-    tally.upload_s.append(time.perf_counter() - started)
-    if response.status_code == 200:
-        tally.accepted[task["round"]] += 1
-        tally.round_end[task["round"]] = max(tally.round_end.get(task["round"], 0.0), time.perf_counter())
-        return
-    code = error_code(response)
-    tally.refused[f"upload {response.status_code} {code}"] += 1
-    if code not in MOVE_ON:
-        raise RuntimeError(f"upload refused: {response.status_code} {code}")
-
-
-async def take_part(client: LightClient, body: bytes, global_bytes: int,
-                    hold: Callable[[], Awaitable[None]] | None = None) -> int:
-    """Register, then poll, download and upload until the run is finished; returns the last round answered.
-
-    `hold` is awaited between the download and the upload (--memory: everyone uploads at once)."""
-    tally, done = client.tally, 0
-    (await client.request("POST", "/v1/clients/register", json={})).raise_for_status()
-    while True:
-        started = time.perf_counter()
-        response = await client.request("POST", "/v1/tasks/next", json={})
-        tally.poll_s.append(time.perf_counter() - started)
-        response.raise_for_status()
-        answer = response.json()
-        task = answer["task"]
-        if answer["finished"]:
-            return done
-        if task is None or task["round"] <= done:  # the bare baseline offers the open round again; the service does not
-            await asyncio.sleep(answer["retry_after"])
-            continue
-        started = time.perf_counter()
-        response = await client.request("GET", f"/v1/models/{task['version']}/global")
-        tally.download_s.append(time.perf_counter() - started)
-        # the length is checked, the SHA-256 left to real clients: here the generator's CPU is better spent loading
-        if response.status_code != 200 or len(response.content) != global_bytes:
-            raise RuntimeError(f"global v{task['version']}: {response.status_code}, {len(response.content)} bytes")
-        if hold is not None:
-            await hold()
-        await upload(client, task, body)
-        done = task["round"]
-
-
-async def run_clients(root: Path, port: int, names: list[str], body: bytes, *, global_bytes: int, timeout: float,
-                      hold: Callable[[], Awaitable[None]] | None = None) -> tuple[Tally, float, bool]:
-    """Every client's take_part at once; (tally, start time, whether all finished within `timeout`)."""
-    import httpx
-
-    tally = Tally()
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    sessions = [httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=client_context(root, n), limits=limits,
-                                  timeout=httpx.Timeout(600.0)) for n in names]
-
-    async def one(session: Any) -> None:
-        try:
-            await take_part(LightClient(session, tally), body, global_bytes, hold)
-        except Exception as err:  # noqa: BLE001 - counted and reported: a client's stop is a finding, not a crash
-            tally.failures.append(f"{type(err).__name__}: {err}"[:300])
-
-    started = time.perf_counter()
-    jobs = [asyncio.ensure_future(one(s)) for s in sessions]
-    _, pending = await asyncio.wait(jobs, timeout=timeout)
-    for job in pending:
-        job.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    await asyncio.gather(*(s.aclose() for s in sessions), return_exceptions=True)
-    return tally, started, not pending
 
 
 class Watcher(threading.Thread):
@@ -276,6 +140,7 @@ def measure(label: str, spec: dict[str, Any], root: Path, names: list[str], body
         result["server_rounds_done"] = rounds_done(root, spec["port"], names[0]) if spec["kind"] == "service" else None
         result["peak_rss_mb"] = server.peak_kib() / 1024
         result["max_uploads_in_staging"] = watcher.max_staging if staging else None
+        time.sleep(PROFILE_SAVED_EVERY + 0.5)  # the server's last profile save covers the whole run
     finally:
         watcher.stopped.set()
         server.stop()
@@ -322,6 +187,7 @@ def measure_memory(kind: str, root: Path, names: list[str], args: argparse.Names
     body = wire.serialize_dense(np.random.default_rng(0).standard_normal(size).astype(np.float32) * 1e-3)
     spec = server_spec(kind, root, argparse.Namespace(**{**vars(args), "rounds": 1}), size=size, database_url=database_url)
     server = ServerProcess(__file__, spec, root, names[0])
+    idle_kib = server.rss_kib()
     watcher = Watcher(server.pid, root / spec["data_dir"] / "blobs" / "staging" if kind == "service" else None)
     held, everyone_in, go, before = [0], asyncio.Event(), asyncio.Event(), {}
 
@@ -353,7 +219,7 @@ def measure_memory(kind: str, root: Path, names: list[str], args: argparse.Names
     growth = (max(peak_kib, watcher.max_rss_kib) - before["rss_kib"]) * 1024
     return {
         "clients": len(names), "body_bytes": len(body), "accepted": sum(tally.accepted.values()),
-        "rss_before_mb": before["rss_kib"] / 1024, "peak_rss_mb": peak_kib / 1024, "peak_was_reset": before["reset"],
+        "rss_idle_mb": idle_kib / 1024, "rss_before_mb": before["rss_kib"] / 1024, "peak_rss_mb": peak_kib / 1024, "peak_was_reset": before["reset"],
         "sampled_max_rss_mb": watcher.max_rss_kib / 1024, "growth_mb": growth / 2**20,
         "buffer_everything_mb": buffered_all / 2**20, "growth_over_buffer_everything": growth / buffered_all,
         "max_uploads_in_staging": watcher.max_staging if kind == "service" else None, "finished": finished,
@@ -418,86 +284,6 @@ def measure_load(root: Path, names: list[str], args: argparse.Namespace) -> dict
     return results
 
 
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def print_load(results: dict[str, Any], args: argparse.Namespace) -> None:
-    setup = results["setup"]
-    print(f"{args.clients} concurrent clients, {setup['update_bytes'] / 2**20:.2f} MB updates, {args.rounds} rounds, "
-          f"mTLS on loopback; {os.cpu_count()} cores, load average {setup['load_before']} before, {setup['load_after']} after")
-    print(f"{'':46}{'rounds':>7}{'upl/s':>8}{'upload p50':>11}{'p99 ms':>8}{'poll p50':>9}{'p99 ms':>8}"
-          f"{'s/round':>9}{'peak RSS MB':>12}")
-    for key, _, _ in configurations(args):
-        r = results[key]
-        if "skipped" in r:
-            print(f"{r['label']:46}  skipped: {r['skipped']}")
-            continue
-        walls = r["round_wall_s"]
-        print(f"{r['label']:46}{r['rounds_completed']:>5}/{args.rounds}{r['accepted_per_s']:>8.1f}"
-              f"{fmt(r['upload_p50_ms']):>11}{fmt(r['upload_p99_ms']):>8}{fmt(r['poll_p50_ms']):>9}{fmt(r['poll_p99_ms']):>8}"
-              f"{fmt(np.mean(walls) if walls else None, 1):>9}{r['peak_rss_mb']:>12.0f}")
-    print(f"{'fedlm coordinator, 2 replicas, PostgreSQL':46}  not measured: replicas are not built yet (issue 17)")
-    for key, _, _ in configurations(args):
-        r = results[key]
-        if "skipped" in r:
-            continue
-        print(f"\n{r['label']}: {r['polls']} polls, {r['accepted']} uploads accepted, s/round {[round(w, 1) for w in r['round_wall_s']]}"
-              + ("" if r["finished"] else f", STOPPED at --timeout {args.timeout:g} s"))
-        cores = r["cores_used"]
-        print(f"  cores used over {cores['wall_seconds']:.0f} s: server {cores['server']:.2f} (event loop thread "
-              f"{cores['server_event_loop']:.2f}), load generator {cores['load_generator']:.2f}; server CPU per "
-              f"accepted upload (its polls, download and upload) {r['server_cpu_ms_per_upload']['all']:.1f} ms "
-              f"(event loop {r['server_cpu_ms_per_upload']['event_loop']:.1f}, other threads "
-              f"{r['server_cpu_ms_per_upload']['other_threads']:.1f})")
-        print_profile(r.get("profile"))
-        for what in ("retried", "refused"):
-            if r[what]:
-                print(f"  {what}: {r[what]}")
-        for line in r["client_failures"] + r["server_errors"][:5]:
-            print(f"  ! {line}")
-
-
-def print_profile(profile: dict[str, dict[str, float]] | None) -> None:
-    """The server's sampled time: what the event loop and the worker threads worked on (shares of their working time)."""
-    if not profile:
-        return
-    for role in ("event loop", "worker threads"):
-        shares = dict(profile.get(role) or {})
-        busy, waiting = shares.pop("busy", 0.0), shares.pop("lock_wait", 0.0)
-        top = ", ".join(f"{name} {share:.0%}" for name, share in list(shares.items())[:6])
-        how = (f"working {busy:.0%} of the time" if role == "event loop" else
-               f"{busy:.2f} working and {waiting:.2f} waiting for the coordinator lock on average")
-        print(f"  server {role}: {how}" + (f"; of the work: {top}" if top else ""))
-    lock = profile.get("lock")
-    if lock:
-        callers = ", ".join(f"{name} {c['count']} x {1000 * c['seconds'] / max(c['count'], 1):.1f} ms"
-                            for name, c in list(lock["callers"].items())[:5])
-        print(f"  coordinator lock held {lock['held_share']:.0%} of {lock['span_seconds']:.0f} s; by caller: {callers}")
-
-
-def print_memory(results: dict[str, Any], args: argparse.Namespace) -> None:
-    for key, _, _ in configurations(args):
-        print_memory_row(results[key])
-
-
-def print_memory_row(m: dict[str, Any]) -> None:
-    print(f"{m['label']}: {m['clients']} concurrent uploads of {m['body_bytes'] / 2**20:.2f} MB (mTLS on loopback)")
-    print(f"  server RSS before the uploads   {m['rss_before_mb']:8.0f} MB")
-    print(f"  server peak RSS during them     {m['peak_rss_mb']:8.0f} MB (VmHWM{', reset before' if m['peak_was_reset'] else ''};"
-          f" sampled every 50 ms: {m['sampled_max_rss_mb']:.0f} MB)")
-    print(f"  growth                          {m['growth_mb']:8.0f} MB")
-    print(f"  every body held in memory       {m['buffer_everything_mb']:8.0f} MB")
-    print(f"  growth / every body             {m['growth_over_buffer_everything']:8.3f}")
-    print(f"  most uploads in staging at once {fmt(m['max_uploads_in_staging']):>8}; accepted {m['accepted']}; "
-          f"upload p50 {fmt(m['upload_p50_ms'])} ms, p99 {fmt(m['upload_p99_ms'])} ms")
-    for what in ("retried", "refused"):
-        if m[what]:
-            print(f"  {what}: {m[what]}")
-    for line in m["client_failures"] + m["server_errors"][:5]:
-        print(f"  ! {line}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=1000)
@@ -508,14 +294,15 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=POSTGRES_URL, help="a server that allows CREATE DATABASE")
     parser.add_argument("--memory", action="store_true", help="1,000 concurrent ~2 MB uploads: the server's peak RSS")
     parser.add_argument("--timeout", type=float, default=400.0, help="seconds per configuration before it is stopped")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--save", type=Path, help="also write the JSON object to this file")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve_main(args.serve)
         return
     args.mb = args.mb if args.mb is not None else (2.0 if args.memory else 1.8)
-    soft, hard = raise_open_files_limit()
+    soft_before, soft, hard = raise_open_files_limit()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fedlm-load-") as tmp:
         root, names = Path(tmp), [f"load-{i:04d}" for i in range(args.clients)]
@@ -527,14 +314,17 @@ def main() -> None:
         else:
             results = measure_load(root, names, args)
     results["setup"].update({"clients": args.clients, "rounds": args.rounds, "mb": args.mb, "cores": os.cpu_count(),
-                             "open_files_limit": [soft, hard], "certificates_seconds": cert_seconds,
+                             "open_files_limit": {"soft_before": soft_before, "soft": soft, "hard": hard},
+                             "certificates_seconds": cert_seconds,
                              "load_before": " ".join(f"{x:.2f}" for x in load_before),
                              "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg())})
+    if args.save:
+        args.save.write_text(json.dumps(results, indent=1))
     if args.json:
         print(json.dumps(results))
         return
-    print(f"open files: soft limit raised to {soft} (hard {hard}); {args.clients} client certificates issued in "
-          f"{cert_seconds:.1f} s")
+    print(f"open files: soft limit {soft} (was {soft_before}; raised to the hard limit, {hard}); {args.clients} client "
+          f"certificates issued in {cert_seconds:.1f} s")
     if args.memory:
         print_memory(results, args)
     else:

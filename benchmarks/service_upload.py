@@ -17,6 +17,9 @@ The baseline
     load generator (asyncio + httpx, one TLS connection per client) shares the machine's
     cores with them, so absolute figures understate a dedicated server.
 
+Certificates, TLS contexts and the baseline app are shared with benchmarks/service_load.py
+(benchmarks/service_harness.py).
+
 How to run
     python benchmarks/service_upload.py                 # 100 clients x 1 MB x 3 rounds
     python benchmarks/service_upload.py --clients 20 --rounds 2 --mb 0.5
@@ -27,8 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -37,11 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from service_harness import client_context, discard_app, free_port, make_certificates
 
 
 def serve(role: str, root: Path, port: int, size: int, clients: int, rounds: int) -> None:
@@ -69,25 +66,8 @@ def serve(role: str, root: Path, port: int, size: int, clients: int, rounds: int
                                   scheduling=settings.scheduling, registry=settings.registry)
         app = create_app(coordinator, ClientVerifier(root / "certs" / "ca.pem", root / "certs" / "crl.pem"),
                          max_upload_bytes=settings.server.max_upload_bytes, population=clients)
-    config = uvicorn_config(Runtime(settings, run, None, app))
+    config = uvicorn_config(Runtime(settings, run, None, app, None))
     uvicorn.Server(config).run()
-
-
-async def discard_app(scope, receive, send) -> None:
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b'{"accepted": true}'})
-
-
-def client_context(root: Path, name: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(root / "certs" / "ca.pem"))
-    context.load_cert_chain(root / "certs" / "clients" / f"{name}.pem", root / "certs" / "clients" / f"{name}.key")
-    return context
 
 
 async def run_load(root: Path, port: int, *, names: list[str], body: bytes, rounds: int, coordinator: bool) -> dict:
@@ -160,17 +140,14 @@ def main() -> None:
     if args.role:
         serve(args.role, args.dir, args.port, args.size, args.clients, args.rounds)
         return
-    from fedlm.service import certs
     from fedlm.updates import wire
 
     size = int(args.mb * 2**20) // 4
     body = wire.serialize_dense(np.random.default_rng(0).standard_normal(size).astype(np.float32) * 1e-3)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        certs.init_ca(root / "certs")
         names = [f"bench-{i:03d}" for i in range(args.clients)]
-        for name in names:
-            certs.issue_client(root / "certs", name)
+        make_certificates(root, names)
         results = {role: measure(role, root, args, names, body, size) for role in ("baseline", "service")}
     results["setup"] = {"clients": args.clients, "update_bytes": len(body), "rounds": args.rounds}
     if args.json:

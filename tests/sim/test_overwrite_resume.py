@@ -91,3 +91,19 @@ def test_the_fingerprint_ignores_settings_at_their_defaults_and_sees_a_changed_o
     assert run_fingerprint(run) != run_fingerprint(RunConfig())
     assert run_fingerprint(run) == run_fingerprint(apply_overrides(run, {"monitoring": {"enabled": True}}))  # its default
     assert run_fingerprint(run) != run_fingerprint(apply_overrides(run, {"compression": {"quantize_bits": 8}}))
+
+
+def test_a_checkpoint_fingerprinted_the_old_way_resumes_beside_its_own_metrics(tmp_path):
+    # Prepare: a 2-round run whose checkpoint carries an old-style fingerprint (a hash of every table, no kind)
+    out = tmp_path / "run"
+    run_simulation(config(0, 2), out)
+    state = out / "checkpoint" / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["fingerprint_kind"]
+    meta["run_fingerprint"] = "0123456789abcdef"  # no longer what this fedlm computes for the run
+    state.write_text(json.dumps(meta))
+    # Execute: its metrics agree, so it resumes to round 3
+    summary = run_simulation(config(0, 3), out, resume=True)
+    # Assert: resumed; the new checkpoint has today's kind of fingerprint
+    assert summary["status"] == "completed" and [r["round"] for r in read_metrics(out)] == [1, 2, 3]
+    assert json.loads(state.read_text())["fingerprint_kind"] == "changed-settings"

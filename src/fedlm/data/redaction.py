@@ -207,6 +207,6 @@ def redacted_per_client(dataset: FederatedDataset, config: RunConfig) -> dict[st
 
 def redaction_summary(dataset: FederatedDataset, config: RunConfig) -> dict[str, int] | None:
     """summary.json's "redaction": placeholders per type in the run's samples, or None when redaction is off."""
-    if not is_redaction_on(config.redaction, config.data.source):
-        return None
+    if not is_redaction_on(config.redaction, config.data.source) or config.privacy.enabled:
+        return None  # under DP the counts (un-noised, computed from the clients' text) are not released
     return count_placeholders(dataset)

@@ -256,6 +256,7 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
 
         Under DP only the data-free metrics are kept (fedlm.privacy.release): nothing else a client sends is stored."""
         metrics = releasable_for(metrics, self.pipeline.privacy)
+        num_samples = num_samples if self.pipeline.privacy is None else 1  # uniform under DP: a client's count is not kept
         try:
             vector = self._read(staged, client_id, round)
             with self.lock:

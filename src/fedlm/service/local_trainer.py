@@ -98,4 +98,5 @@ class LocalTrainer:
         if self.redacted is not None:
             metrics["redacted"] = float(self.redacted)
         metrics = releasable_for(metrics, self.parts.plan)  # under DP nothing computed from this client's data leaves it
-        return (payloads[-1] if self.sends_payload else update.vector), update.num_samples, metrics
+        samples = update.num_samples if self.parts.plan is None else 1  # DP weighs uniformly: the count would only leak
+        return (payloads[-1] if self.sends_payload else update.vector), samples, metrics

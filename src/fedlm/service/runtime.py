@@ -78,6 +78,9 @@ def build_runtime(settings: ServiceSettings) -> Runtime:
     return Runtime(settings, run, coordinator, app, lock)
 
 
+KEEP_ALIVE_SECONDS = 60
+
+
 def uvicorn_config(runtime: Runtime) -> Any:
     """uvicorn under mutual TLS. The handshake asks for a client certificate and refuses one that does
     not chain to the CA; a request that brings none reaches the app, which refuses it with a 401 and a
@@ -91,4 +94,8 @@ def uvicorn_config(runtime: Runtime) -> Any:
         ssl_certfile=str(path(tls.cert)), ssl_keyfile=str(path(tls.key)), ssl_ca_certs=str(path(tls.ca)),
         ssl_cert_reqs=ssl.CERT_OPTIONAL, http=MutualTlsH11Protocol, log_level="warning", access_log=False,
         timeout_graceful_shutdown=2, log_config=None,  # uvicorn's own lines go to the root handler (server.log_format)
+        # uvicorn's default (5 s from the response's last write) closed connections of clients still reading a large
+        # global: with 1,000 clients a third of the uploads that followed failed once and were retried
+        # (benchmarks/service_load.py); an idle connection costs a socket, and the request guard still times out heads
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )

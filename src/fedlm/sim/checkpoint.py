@@ -23,6 +23,7 @@ from fedlm.sim.rundir import CHECKPOINT_DIR
 
 PRIVATE_PREFIX = "private/"
 RESIDUAL_PREFIX = "residual/"
+FINGERPRINT_KIND = "changed-settings"  # sim.rundir.run_fingerprint: the settings that differ from their defaults
 
 
 def save_checkpoint(
@@ -41,6 +42,7 @@ def save_checkpoint(
         "opt_state_len": len(state.opt_state),
         "ledger": json.loads(state.ledger.to_json()),
         "run_fingerprint": fingerprint,
+        "fingerprint_kind": FINGERPRINT_KIND,  # how run_fingerprint hashes; checkpoints without it hashed every table
     }
     target = Path(run_dir) / CHECKPOINT_DIR
     staging = Path(run_dir) / (CHECKPOINT_DIR + ".new")

@@ -27,7 +27,7 @@ from fedlm.models.lora import export_adapter
 from fedlm.server.policy_settings import check_policy_combinations
 from fedlm.server.rounds import ServerState, initial_state
 from fedlm.sim.async_engine import simulate_fedbuff
-from fedlm.sim.checkpoint import checkpoint_meta, load_checkpoint_full, save_checkpoint
+from fedlm.sim.checkpoint import FINGERPRINT_KIND, checkpoint_meta, load_checkpoint_full, save_checkpoint
 from fedlm.sim.engine import RunResult, privacy_fields, simulate
 from fedlm.sim.events import Reporter
 from fedlm.sim.rundir import (
@@ -115,13 +115,14 @@ def check_resume_config(saved: RunConfig, config: RunConfig) -> None:
 def check_checkpoint_owner(out: Path, config: RunConfig) -> None:
     """Refuse a checkpoint that another run wrote (other settings or seed) before anything resumes from it.
 
-    A checkpoint from before fingerprints were kept is taken only if metrics.jsonl holds a line
-    for each of its rounds (the last one may be missing: the checkpoint is written first), as
-    it does when both come from the same run.
+    A checkpoint from before fingerprints were kept, or whose fingerprint hashed every table (before
+    FINGERPRINT_KIND; a later fedlm's added settings changed that hash), is taken only if metrics.jsonl
+    holds a line for each of its rounds (the last one may be missing: the checkpoint is written
+    first), as it does when both come from the same run; config.toml is checked either way.
     """
     meta = checkpoint_meta(out)
     saved, rounds_done = meta.get("run_fingerprint", ""), int(meta["rounds_done"])
-    if saved:
+    if saved and meta.get("fingerprint_kind") == FINGERPRINT_KIND:
         if saved != run_fingerprint(config):
             raise ValueError(f"{out}'s checkpoint was written by a run with other settings or another seed than its "
                              f"{CONFIG_FILE}; it cannot be resumed. Start a new run (another --out, or --overwrite)")
