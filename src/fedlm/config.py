@@ -343,6 +343,11 @@ class RunConfig:
         require(privacy.target_epsilon == 0 or privacy.enabled, "privacy.target_epsilon",
                  "a privacy budget needs privacy.noise_multiplier > 0")
         check_policy_combinations(self)  # policy.kind = "fedbuff": what it cannot account or does not support
+        if privacy.enabled:  # evaluation on a training client's own text would publish its figures without noise
+            require(self.eval.mode != "per_site", "eval.mode", DP_PER_SITE)
+            require(self.eval.held_out_clients, "eval.held_out_clients",
+                    "must be true with differential privacy: the evaluation clients' figures are released without "
+                    "noise, so they must be clients that never train")
         if self.secagg.enabled:
             require(strategy.clip_norm > 0, "strategy.clip_norm",
                      "must be > 0 with secure aggregation: the integer encoding needs a bound on every value")
@@ -352,6 +357,11 @@ class RunConfig:
                      "cannot be combined with secure aggregation yet: it counts each client's unclipped bit in the clear")
             require(self.simulation.executor == "serial", "simulation.executor",
                      "must be 'serial' with secure aggregation: the simulated protocol runs its clients in process")
+
+
+DP_PER_SITE = ("'per_site' cannot be combined with differential privacy: every site trains, and its own evaluation "
+               "figures would be released without noise; use eval.mode = 'held_out' (evaluation sites that never train; "
+               "eval.clients sets how many)")
 
 
 def coerce_value(key: str, value: Any, kind: Any) -> Any:

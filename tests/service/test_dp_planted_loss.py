@@ -144,3 +144,20 @@ def test_through_the_service_under_dp_the_planted_loss_reaches_no_row_log_or_ans
     with coordinator.store.session() as session:  # and each client's count of training sequences only without DP
         counts = {row.num_samples for row in session.query(db.UpdateRow)}
     assert (counts == {1}) if dp else (counts != {1})
+
+
+def test_under_dp_no_training_client_is_evaluated_on_its_own_text(tmp_path):
+    # Assert: per-site evaluation (every site trains) and evaluation clients that train are refused, naming the setting
+    with pytest.raises(Exception, match=r"eval\.mode: 'per_site' cannot be combined with differential privacy"):
+        apply_overrides(RunConfig(), {**DP, "eval": {"mode": "per_site"}})
+    with pytest.raises(Exception, match=r"eval\.held_out_clients: must be true with differential privacy"):
+        apply_overrides(RunConfig(), {**DP, "eval": {"held_out_clients": False}})
+    # ... and "auto" does not fall back to per-site for a few sites: the run stops before anything is written
+    for site in ("a", "b", "c"):
+        (tmp_path / "sites" / site).mkdir(parents=True)
+        (tmp_path / "sites" / site / "t.txt").write_text("Some text of a site.\n\n" * 20)
+    sets = [f"--set={section}.{key}={value}" for section, values in DP.items() for key, value in values.items()]
+    result = CliRunner().invoke(cli, ["simulate", "--model", "tiny", "--data", str(tmp_path / "sites"), "--out",
+                                      str(tmp_path / "run"), "-q", *[s.replace("=uniform", '="uniform"') for s in sets]])
+    assert result.exit_code != 0 and "would pick 'per_site'" in " ".join(result.output.split())
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fedlm.assembly import Assembly, assemble
-from fedlm.config import RunConfig
+from fedlm.config import DP_PER_SITE, ConfigError, RunConfig
 from fedlm.core.rng import make_rng
 from fedlm.data.blocks import Blocks, concat_blocks, empty_blocks
 from fedlm.data.folders import scan_folder
@@ -125,6 +125,9 @@ def pick_eval_mode(dataset: FederatedDataset, config: RunConfig) -> tuple[str, s
     if mode != "auto":
         return mode, f"eval.mode = {mode!r}"
     if count < wanted:
+        if config.privacy.enabled:
+            raise ConfigError(f"eval.mode: 'auto' would pick 'per_site' for {count} clients (fewer than 2 x eval.clients "
+                              f"= {wanted}), and {DP_PER_SITE}")
         return "per_site", f"eval.mode = 'auto': {count} clients, fewer than 2 x eval.clients = {wanted}"
     return "held_out", f"eval.mode = 'auto': {count} clients, at least 2 x eval.clients = {wanted}"
 
