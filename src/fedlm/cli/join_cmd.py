@@ -18,6 +18,9 @@ def join_command(
     cert: Path = typer.Option(..., "--cert", help="Client certificate (PEM); its CN is the client id."),
     key: Path = typer.Option(..., "--key", help="The certificate's private key (PEM)."),
     ca: Path = typer.Option(..., "--ca", help="The CA that signed the server's certificate."),
+    crl: Path | None = typer.Option(None, "--crl", help="The federation's revocation list (PEM, as `fedlm certs revoke` "
+                                    "writes it): in secure-aggregation rounds a neighbour whose certificate it revokes is "
+                                    "refused. Without it neighbours are checked against the CA and their dates only."),
     charging: bool = typer.Option(False, "--charging", help="Trait: the device is charging."),
     unmetered: bool = typer.Option(False, "--unmetered", help="Trait: the network is unmetered."),
     free_memory_mb: int = typer.Option(0, "--free-memory-mb", help="Trait: free memory in MB."),
@@ -33,8 +36,11 @@ def join_command(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     traits = Traits(charging=charging, unmetered=unmetered, free_memory_mb=free_memory_mb, region=region)
+    if crl is not None and not crl.is_file():
+        console.print(f"[red]error:[/] --crl {escape(str(crl))} is not a file")
+        raise typer.Exit(2)
     settings = JoinSettings(server=server, data=data, cert=cert, key=key, ca=ca, traits=traits, threads=threads,
-                            device=device, encoding=encoding)
+                            device=device, encoding=encoding, crl=crl)
     try:
         sent = join(settings)
     except CertificateProblem as err:

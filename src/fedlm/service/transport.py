@@ -63,6 +63,7 @@ class JoinSettings:
     threads: int = 1  # torch threads for local training
     device: str = ""  # model.device on this client ("" keeps the run's, which defaults to "auto")
     encoding: str = ""  # data.encoding of this client's files ("" keeps the run's, which defaults to "utf-8")
+    crl: Path | None = None  # the federation's revocation list: SecAgg neighbours' certificates are checked against it
 
 
 def backoff_delays(initial: float, cap: float, rng: random.Random) -> Callable[[int], float]:
