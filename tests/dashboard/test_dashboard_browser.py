@@ -12,9 +12,9 @@ chromedriver is missing: see tests/browser.py.
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
+from report_markup import numbers
 from tiny_service import OPERATOR, build_tiny_service, served_as
 
 from fedlm.dashboard.local import serve_run_dir
@@ -46,16 +46,6 @@ def wait_for(browser, condition, what):
 
 def series(state, path):
     return sorted((x, y) for name, x, y in state["points"] if name == path)
-
-
-def numbers(value, prefix=()):
-    """(path, number) of every finite number of a metrics record (alerts lists aside)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not (key == "alerts" and isinstance(item, list)):
-                yield from numbers(item, (*prefix, key))
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        yield prefix, value
 
 
 def every_number(service) -> set[tuple[str, float, float]]:

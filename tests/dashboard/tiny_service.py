@@ -1,8 +1,9 @@
 """A tiny service run for the dashboard tests: a coordinator over a 6-value global vector, real certificates,
 clients that post updates through the real app (TestClient), and the app served over loopback HTTP by uvicorn.
 
-Like tests/service/conftest.py (FakeClock, certificates in the ASGI TLS extension), kept here
-under its own module name so the two test folders' helpers never shadow each other.
+Like tests/service/conftest.py (certificates in the ASGI TLS extension; both take FakeClock from
+tests/fake_clock.py), kept here under its own module name so the two folders' conftest modules never
+shadow each other.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import uvicorn
 from fastapi.testclient import TestClient
 
+from fake_clock import FakeClock
 from fedlm.config import RunConfig, apply_overrides
 from fedlm.service import certs
 from fedlm.service.app import create_app
@@ -33,14 +35,6 @@ from fedlm.updates.pipeline import fedavg_pipeline
 INITIAL = np.array([1.0, -2.0, 0.5, 0.0, 3.0, 4.0], np.float32)
 CLIENTS = ("alice", "bob")
 OPERATOR = "ops"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from html.parser import HTMLParser
 
 
@@ -79,3 +80,13 @@ def table_rows(html: str, name: str) -> list[list[str]]:
     parser = Rows()
     parser.feed(html)
     return [row for row in parser.rows if row]
+
+
+def numbers(value, prefix=()):
+    """(path, number) of every finite number in a metrics line, at any depth: what the charts must show. Lists (an
+    "alerts" list) hold none: the report tables them."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from numbers(item, (*prefix, key))
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        yield prefix, value

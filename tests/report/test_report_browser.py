@@ -6,12 +6,12 @@ Skips (saying why) where selenium, chromium or chromedriver is missing: see test
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 
 from typer.testing import CliRunner
 
 from fedlm.cli.main import app
+from report_markup import numbers
 
 runner = CliRunner()
 READ_CHARTS = """
@@ -26,16 +26,6 @@ return [...document.querySelectorAll('figure.chart')].map(figure => {
                                                                  at: centre(r)}))};
 });
 """
-
-
-def numbers(value, prefix=()):
-    """(path, number) of every finite number in a metrics line (alerts lists aside): what the report must plot."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not (key == "alerts" and isinstance(item, list)):
-                yield from numbers(item, (*prefix, key))
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        yield prefix, value
 
 
 def open_report(browser, run_dir, out):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import stat
 
 import pytest
-from report_markup import elements, points, table_rows
+from report_markup import elements, numbers, points, table_rows
 from typer.testing import CliRunner
 
 from fedlm.cli.main import app
@@ -24,15 +23,6 @@ RESULTS = {"model": "tiny", "methods": [
 def said(result) -> str:
     """The command's output with the console's line wrapping undone."""
     return " ".join(result.output.split())
-
-
-def numbers(value, prefix=()):
-    """(path, number) of every finite number in a metrics line: what the report must plot."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from numbers(item, (*prefix, key))
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        yield prefix, value
 
 
 def copy_run(run_dir, target):

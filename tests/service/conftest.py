@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from fake_clock import FakeClock  # noqa: F401  (service tests import it from here)
 from fedlm.config import RunConfig, apply_overrides
 from fedlm.service import certs
 from fedlm.service.app import create_app
@@ -31,14 +32,6 @@ from fedlm.updates.pipeline import fedavg_pipeline
 
 INITIAL = np.array([1.0, -2.0, 0.5, 0.0, 3.0, 4.0], np.float32)
 MAX_UPLOAD = 4096
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
