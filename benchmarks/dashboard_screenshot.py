@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,19 +53,9 @@ def round_3(value: float) -> float:
 
 
 def take(url: str, png: Path, *, width: int, height: int) -> None:
-    from browser import missing_browser, start_chromium
+    from browser import save_screenshot  # tests/ is on sys.path (main)
 
-    if reason := missing_browser():
-        raise SystemExit(f"cannot take the screenshot: {reason}")
-    driver = start_chromium(width=width, height=height)
-    try:
-        driver.get(url)
-        time.sleep(0.5)  # layout of inline SVG
-        png.parent.mkdir(parents=True, exist_ok=True)
-        if not driver.get_screenshot_as_file(str(png)):
-            raise SystemExit(f"chromium could not write {png}")
-    finally:
-        driver.quit()
+    save_screenshot(url, png, width=width, height=height)
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,19 +38,9 @@ def make_tiny_run(out: Path) -> Path:
 
 def screenshot(report: Path, png: Path, *, width: int, height: int) -> None:
     sys.path.insert(0, str(REPO / "tests"))
-    from browser import missing_browser, start_chromium
+    from browser import save_screenshot
 
-    if reason := missing_browser():
-        raise SystemExit(f"cannot take the screenshot: {reason}")
-    driver = start_chromium(width=width, height=height)
-    try:
-        driver.get(report.resolve().as_uri())
-        time.sleep(0.5)  # layout of inline SVG; there is no script to wait for
-        png.parent.mkdir(parents=True, exist_ok=True)
-        if not driver.get_screenshot_as_file(str(png)):
-            raise SystemExit(f"chromium could not write {png}")
-    finally:
-        driver.quit()
+    save_screenshot(report.resolve().as_uri(), png, width=width, height=height)
 
 
 def main() -> None:

@@ -48,6 +48,23 @@ def start_chromium(*, width: int = 1400, height: int = 1000) -> Any:
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
 
+
+def save_screenshot(url: str, png: Path, *, width: int, height: int) -> None:
+    """A PNG of the page at `url` in headless Chromium (the README's pictures); SystemExit saying why it cannot."""
+    import time
+
+    if reason := missing_browser():
+        raise SystemExit(f"cannot take the screenshot: {reason}")
+    driver = start_chromium(width=width, height=height)
+    try:
+        driver.get(url)
+        time.sleep(0.5)  # layout of inline SVG
+        png.parent.mkdir(parents=True, exist_ok=True)
+        if not driver.get_screenshot_as_file(str(png)):
+            raise SystemExit(f"chromium could not write {png}")
+    finally:
+        driver.quit()
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One headless Chromium for a test module; skips the test, with the reason, when none can start."""
