@@ -34,7 +34,7 @@ from fedlm.aggregation.mean import client_weight, fold
 from fedlm.core.types import Update
 from fedlm.privacy.release import releasable_for
 from fedlm.server.policy_settings import STALENESS_WEIGHTS, PolicySettings
-from fedlm.server.rounds import OpenRound, ServerState, UpdateRejected, check_update
+from fedlm.server.rounds import ServerState, UpdateRejected, check_contents
 from fedlm.updates.pipeline import Pipeline
 from fedlm.updates.server import aggregate, apply_ingress, optimize
 
@@ -122,9 +122,9 @@ def new_buffer(server: ServerState, pipeline: Pipeline, policy: BufferPolicy) ->
 def check_stale(state: BufferedState, update: Update) -> int:
     """The update's staleness; raises StaleUpdate or UpdateRejected (saying why) unless it may be buffered.
 
-    Past the staleness checks, an update goes through the synchronous round's own checks
-    (fedlm.server.rounds.check_update: dtype and shape, finite values, sample count, magnitude,
-    metrics), run on a view of the buffer as a one-client round of the update's own version.
+    Past the staleness checks, an update goes through the synchronous round's own content checks
+    (fedlm.server.rounds.check_contents: dtype and shape, finite values, sample count, magnitude,
+    metrics).
     """
     who, started = update.client_id, update.version
     if isinstance(started, bool) or not isinstance(started, int | np.integer) or started < 0:
@@ -138,9 +138,7 @@ def check_stale(state: BufferedState, update: Update) -> int:
                           f"{state.version}: past policy.max_staleness = {state.policy.max_staleness}")
     if (who, int(started)) in state.sources:
         raise UpdateRejected(f"the buffer already holds an update from {who} started from version {started}")
-    view = OpenRound(round=update.round, version=update.version, cohort=(who,), pipeline=state.pipeline,
-                     total=state.total, scratch=state.scratch, clip_norm=state.server.clip_norm)
-    check_update(view, update)  # reads the view, changes nothing
+    check_contents(update, state.pipeline, state.total.shape, state.server.clip_norm)  # reads, changes nothing
     return staleness
 
 

@@ -66,6 +66,11 @@ class OpenRound:
     weights: dict[str, float] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    members: frozenset[str] = field(default=frozenset(), repr=False)  # the cohort as a set: O(1) membership checks
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = frozenset(self.cohort)
 
 
 @dataclass(frozen=True)
@@ -120,13 +125,19 @@ def check_update(rnd: OpenRound, update: Update) -> None:
         raise UpdateRejected(f"update from {who} is for round {update.round}, the open round is {rnd.round}")
     if update.version != rnd.version:
         raise UpdateRejected(f"update from {who} started from version {update.version}, the round serves {rnd.version}")
-    if who not in rnd.cohort:
+    if who not in rnd.members:
         raise UpdateRejected(f"client {who} is not in round {rnd.round}'s cohort")
     if who in rnd.weights or who in rnd.failed:
         raise UpdateRejected(f"client {who} already answered round {rnd.round}")
+    check_contents(update, rnd.pipeline, rnd.total.shape, rnd.clip_norm)
+
+
+def check_contents(update: Update, pipeline: Pipeline, shape: tuple[int, ...], clip_norm: float) -> None:
+    """Raise UpdateRejected unless the update's vector, sample count and metrics may be folded (whatever its round)."""
+    who = update.client_id
     vector = update.vector
-    if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != rnd.total.shape:
-        raise UpdateRejected(f"update from {who} must be float32 of shape {rnd.total.shape}")
+    if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != shape:
+        raise UpdateRejected(f"update from {who} must be float32 of shape {shape}")
     samples = update.num_samples
     if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or not 1 <= samples <= MAX_SAMPLES:
         raise UpdateRejected(f"update from {who} reports {samples!r} samples; expected an integer in [1, {MAX_SAMPLES}]")
@@ -136,17 +147,17 @@ def check_update(rnd: OpenRound, update: Update) -> None:
         squared = float(np.dot(vector, vector))
     if not np.isfinite(squared):
         raise UpdateRejected(f"update from {who} has non-finite values or is too large (its norm overflows float32)")
-    weight = client_weight(update.num_samples, rnd.pipeline.weighting, rnd.pipeline.max_weight)
+    weight = client_weight(update.num_samples, pipeline.weighting, pipeline.max_weight)
     norm = squared**0.5
-    if enforces_clip(rnd.pipeline) and norm > rnd.clip_norm * CLIP_TOLERANCE:
-        raise UpdateRejected(f"update from {who} has norm {norm:.6g}, past the clip norm {rnd.clip_norm:.6g} "
+    if enforces_clip(pipeline) and norm > clip_norm * CLIP_TOLERANCE:
+        raise UpdateRejected(f"update from {who} has norm {norm:.6g}, past the clip norm {clip_norm:.6g} "
                              "that central DP's noise is calibrated to")
     if weight * norm > MAX_WEIGHTED_MAGNITUDE:
         raise UpdateRejected(f"update from {who} is too large: weight {weight:.3g} x norm {norm:.3g}")
     bad = [k for k, v in update.metrics.items() if not isinstance(k, str) or not _is_finite_number(v)]
     if bad:
         raise UpdateRejected(f"update from {who} has metrics that are not finite numbers: {bad[:3]}")
-    if is_adaptive(rnd.pipeline) and update.metrics.get("unclipped") not in (0, 1):
+    if is_adaptive(pipeline) and update.metrics.get("unclipped") not in (0, 1):
         raise UpdateRejected(f"update from {who} lacks the 0/1 'unclipped' bit that adaptive clipping counts")
 
 
@@ -189,7 +200,7 @@ def accept_sum(rnd: OpenRound, total: np.ndarray, clients: tuple[str, ...], metr
     if not clients or len(set(clients)) != len(clients):
         raise UpdateRejected("a sum of updates must name its distinct contributors")
     for who in clients:
-        if who not in rnd.cohort:
+        if who not in rnd.members:
             raise UpdateRejected(f"client {who} is not in round {rnd.round}'s cohort")
         if who in rnd.weights or who in rnd.failed:
             raise UpdateRejected(f"client {who} already answered round {rnd.round}")
@@ -263,7 +274,7 @@ def dominance_warning(rnd: OpenRound) -> str | None:
 
 
 def mark_failed(rnd: OpenRound, client_id: str) -> None:
-    if client_id not in rnd.cohort or client_id in rnd.weights:
+    if client_id not in rnd.members or client_id in rnd.weights:
         raise ValueError(f"client {client_id} cannot fail in round {rnd.round}")
     rnd.failed.add(client_id)
 
