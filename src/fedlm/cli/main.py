@@ -7,6 +7,7 @@ import warnings
 import typer
 
 from fedlm.cli import bench_cmd, certs_cmd, config_cmd, data_cmd, experiment_cmd, models_cmd, privacy_cmd
+from fedlm.cli import rag_cmd
 from fedlm.cli.export_cmd import export_command
 from fedlm.cli.join_cmd import join_command
 from fedlm.cli.report_cmd import report_command
@@ -38,6 +39,7 @@ app.command("serve")(serve_command)
 app.command("join")(join_command)
 app.add_typer(certs_cmd.app, name="certs")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(rag_cmd.app, name="rag")
 
 
 @app.callback()

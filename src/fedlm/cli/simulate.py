@@ -73,12 +73,21 @@ def print_result(summary: dict[str, Any], out: Path) -> None:
     whose = "every site's own held-out" if per_site else "evaluation clients' test"
     table = Table(title=f"held-out evaluation ({whose} {what}, pooled)" if per_site else f"held-out evaluation ({whose} {what})")
     choices = "choice_accuracy" in (summary.get("base") or {})
-    columns = ["model", "loss", "perplexity", "next-token accuracy"] + (["multiple choice", "chance"] if choices else [])
+    ranking = "recall_at_10" in (summary.get("base") or {})
+    classify = summary.get("task") == "classify"
+    columns = (["model", "loss", "recall@10", "MRR@10", "top-1 accuracy"] if ranking else ["model", "loss", "accuracy"]
+               if classify else
+               ["model", "loss", "perplexity", "next-token accuracy"] + (["multiple choice", "chance"] if choices else []))
     for column in columns:
         table.add_column(column, justify="right")
     for label, key in (("base", "base"), (f"global v{summary['version']}", "final")):
         row = summary.get(key)
-        if row:
+        if row and classify:
+            table.add_row(label, f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
+        elif row and ranking:
+            table.add_row(label, f"{row['loss']:.4f}", f"{row['recall_at_10']:.3f}", f"{row['mrr_at_10']:.3f}",
+                          f"{row['accuracy']:.3f}")
+        elif row:
             cells = [label, f"{row['loss']:.4f}", f"{row['perplexity']:.2f}", f"{row['accuracy']:.3f}"]
             if choices:
                 cells += [f"{row['choice_accuracy']:.3f} of {row['choice_questions']}", f"{row['choice_chance']:.3f}"]
@@ -90,7 +99,7 @@ def print_result(summary: dict[str, Any], out: Path) -> None:
         counts = summary.get(key) or {}
         if counts.get("truncated") or counts.get("dropped"):
             console.print(f"{what}: {counts['truncated']} samples cut at data.seq_len, {counts['dropped']} dropped "
-                          "(data.overlong)")
+                          + ("(documents of one sentence give no inverse-cloze pair)" if ranking else "(data.overlong)"))
     if "epsilon" in summary:
         console.print(f"user-level DP: epsilon = {summary['epsilon']:.3f} at delta = {summary['delta']:.3g}")
     if "stop_reason" in summary:
@@ -151,7 +160,7 @@ def simulate_command(
         else:
             from fedlm.cli.progress import RichReporter
 
-            with RichReporter(console) as reporter:
+            with RichReporter(console, task_kind=run_config.task.kind) as reporter:
                 summary = run_simulation(run_config, out, overwrite=overwrite, reporter=reporter, resume=resume)
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/] {escape(str(err))}")

@@ -40,7 +40,7 @@ from fedlm.data.redaction_patterns import (
     find_record_ids,
     find_us_ssns,
 )
-from fedlm.data.types import ClientData, FederatedDataset
+from fedlm.data.types import ClientData, FederatedDataset, LabelledText
 
 ENTITIES = REDACTION_ENTITIES  # in the order in which they claim text
 
@@ -107,10 +107,14 @@ def redact_text(text: str, entities: Sequence[str] = ENTITIES, style: str = "typ
     return "".join(pieces), Counter(entity for _, _, entity in found)
 
 
-def redact_sample(sample: str | Conversation, entities: Sequence[str], style: str) -> tuple[str | Conversation, Counter]:
-    """A text, or a conversation with every message's content, redacted."""
+def redact_sample(sample: str | Conversation | LabelledText, entities: Sequence[str],
+                  style: str) -> tuple[str | Conversation | LabelledText, Counter]:
+    """A text, a conversation with every message's content, or a labelled text (its label kept), redacted."""
     if isinstance(sample, str):
         return redact_text(sample, entities, style)
+    if isinstance(sample, LabelledText):
+        text, counts = redact_text(sample.text, entities, style)
+        return LabelledText(text, sample.label), counts
     counts: Counter = Counter()
     messages = []
     for message in sample.messages:
@@ -172,14 +176,16 @@ def redact_client(samples: Sequence, settings: RedactionSettings) -> list:
     return redacted
 
 
-def sample_texts(sample: str | Conversation) -> Iterator[str]:
+def sample_texts(sample: str | Conversation | LabelledText) -> Iterator[str]:
     if isinstance(sample, str):
         yield sample
+    elif isinstance(sample, LabelledText):
+        yield sample.text
     else:
         yield from (message.content for message in sample.messages)
 
 
-def placeholder_counts(samples: Iterable[str | Conversation]) -> Counter:
+def placeholder_counts(samples: Iterable[str | Conversation | LabelledText]) -> Counter:
     """How many placeholders of each type `samples` hold (after redaction: the values replaced, plus any
     placeholder the files already held)."""
     counts: Counter = Counter()

@@ -17,8 +17,24 @@ import numpy as np
 
 from fedlm.data.conversations import Conversation
 
-# One sample of a client: plain text (causal LM) or a conversation (instruction tuning).
-Sample = str | Conversation
+
+@dataclass(frozen=True, repr=False)
+class LabelledText:
+    """A text and its label (task.kind = "classify"); the repr shows the text's length only, never text or label."""
+
+    text: str
+    label: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not isinstance(self.label, str) or not self.label:
+            raise ValueError("a labelled sample needs a string text and a non-empty string label")
+
+    def __repr__(self) -> str:
+        return f"LabelledText(<{len(self.text)} chars>)"
+
+
+# One sample of a client: plain text (causal LM), a conversation (instruction tuning) or a labelled text (classify).
+Sample = str | Conversation | LabelledText
 
 
 @dataclass(frozen=True, repr=False)
@@ -37,8 +53,9 @@ class ClientData:
             raise ValueError(f"client_id must be a non-empty string, got {self.client_id!r}")
         for part in ("train", "test"):
             samples = tuple(getattr(self, part))
-            if not all(isinstance(s, str | Conversation) for s in samples):
-                raise ValueError(f"client {self.client_id!r}: every {part} sample must be a str or a Conversation")
+            if not all(isinstance(s, str | Conversation | LabelledText) for s in samples):
+                raise ValueError(f"client {self.client_id!r}: every {part} sample must be a str, a Conversation "
+                                 "or a LabelledText")
             object.__setattr__(self, part, samples)
 
     def __repr__(self) -> str:

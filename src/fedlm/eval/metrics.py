@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fedlm.data.blocks import IGNORE, Blocks, trim_batch
 from fedlm.eval.choice import ChoiceScore
 from fedlm.models.device import model_device
+from fedlm.retrieval.ranking import RankingScore
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,13 @@ class EvalResult:
     tokens: int = 0
     correct: int = 0
     choice: ChoiceScore = ChoiceScore()  # multiple-choice counts; none asked by default
+    ranking: RankingScore = RankingScore()  # recall@10 / MRR@10 sums of the retrieval kinds; none by default
 
     def __add__(self, other: EvalResult) -> EvalResult:
         a, b = self.choice, other.choice
         choice = ChoiceScore(a.correct + b.correct, a.correct_norm + b.correct_norm, a.questions + b.questions, a.chance + b.chance)
-        return EvalResult(self.loss_sum + other.loss_sum, self.tokens + other.tokens, self.correct + other.correct, choice)
+        return EvalResult(self.loss_sum + other.loss_sum, self.tokens + other.tokens, self.correct + other.correct, choice,
+                          self.ranking + other.ranking)
 
     @property
     def loss(self) -> float:
@@ -59,6 +62,10 @@ class EvalResult:
         if self.choice.questions:
             row.update(choice_accuracy=self.choice_accuracy, choice_accuracy_norm=self.choice_accuracy_norm,
                        choice_chance=self.choice_chance, choice_questions=self.choice.questions)
+        if self.ranking.queries:
+            k = self.ranking.k
+            row.update({f"recall_at_{k}": self.ranking.recall, f"mrr_at_{k}": self.ranking.mrr,
+                        "queries": self.ranking.queries})
         return row
 
 

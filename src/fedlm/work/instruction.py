@@ -32,7 +32,7 @@ from fedlm.data.types import FederatedDataset, Sample
 from fedlm.eval.choice import ChoiceQuestion, option_tokens, read_choice_jsonl
 from fedlm.eval.metrics import EvalResult
 from fedlm.work.chat import LabelledSequence, label_conversation, prompt_tokens
-from fedlm.work.language_model import attach_adapter, batch_loss, evaluate_set, load_configured_federation
+from fedlm.work.language_model import attach_adapter, load_language_model, batch_loss, evaluate_set, load_configured_federation
 from fedlm.work.protocol import Encoded, EvalSet
 
 
@@ -135,6 +135,9 @@ class InstructionWork:
 
     def attach(self, base: Any) -> Any:
         return attach_adapter(base, self.config)
+
+    def load_base(self) -> Any:
+        return load_language_model(self.config)
 
 
 def next_reply_questions(

@@ -36,6 +36,13 @@ def attach_adapter(base: Any, config: RunConfig) -> Any:
     return attach_lora(base, config.lora, seed=config.run.seed)
 
 
+def load_language_model(config: RunConfig) -> Any:
+    """The causal LM [model] names, on its device (fedlm.models.base)."""
+    from fedlm.models.base import load_configured_model
+
+    return load_configured_model(config.model)
+
+
 def load_configured_federation(work: Any, embedded: Callable[..., Any]) -> Any:
     """The clients [data] names, for `work`: a folder in the work's layout, or its embedded default (the plays)."""
     data, seed = work.config.data, work.config.run.seed

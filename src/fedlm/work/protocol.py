@@ -92,3 +92,6 @@ class ClientWork(Protocol):
 
     def attach(self, base: Any) -> Any:
         """The adapter whose shared parameters are the update (fedlm.models.lora.Adapter)."""
+
+    def load_base(self) -> Any:
+        """The base model and tokenizer on [model]'s device (fedlm.models.base.BaseModel)."""
