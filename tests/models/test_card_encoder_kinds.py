@@ -38,3 +38,15 @@ def test_a_head_kinds_card_loads_the_head_it_trained():
     classify = model_card(RunFacts(config, summary={"labels": ["comedies", "tragedies"]}), base_origin("minilm", "/x"))
     assert f'from_pretrained("{MINILM_HUB_ID}", num_labels=1)' in rerank
     assert f'from_pretrained("{MINILM_HUB_ID}", num_labels=2, id2label={{"0": "comedies", "1": "tragedies"}})' in classify
+
+
+def test_an_encoder_kinds_evaluation_reports_its_own_figures_not_perplexity():
+    config = config_to_dict(config_from_dict({"task": {"kind": "retrieval"}}))
+    row = {"loss": 2.5, "perplexity": 12.18, "accuracy": 0.25, "recall_at_10": 0.4, "mrr_at_10": 0.3, "queries": 8}
+    records = [{"round": 1, "train_loss": 1.5, "eval": {**row, "recall_at_10": 0.45}}]
+    card = model_card(RunFacts(config, summary={"base": row, "final": {**row, "recall_at_10": 0.45}}, records=records),
+                      base_origin("minilm", "/x"))
+    evaluation = card[card.index("## Evaluation"):card.index("## How to load")]
+    assert "InfoNCE" in evaluation and "perplexity" not in evaluation
+    assert "| recall_at_10 | 0.4000 | 0.4500 |" in evaluation and "| 1 | 1.5000 | 2.5000 | 0.4500 |" in evaluation
+    assert "held-out recall@10" in evaluation

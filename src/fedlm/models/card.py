@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlm.model_settings import ENCODER_MODEL
-from fedlm.models.card_kinds import config_section as section, head_arguments, loader
+from fedlm.models.card_kinds import config_section as section, eval_terms, head_arguments, loader
 
 SMOLLM2 = "smollm2"  # fedlm.models.base.DEFAULT_MODEL (the test checks they agree)
 TINY = "tiny"  # fedlm.models.tiny.TINY_NAME
@@ -186,9 +186,10 @@ def evaluation_section(facts: RunFacts) -> str:
         "every site's own held-out split, pooled (every site also trained)" if per_site
         else "the test text of evaluation clients that never trained" if held_out
         else "the held-out test split of the evaluation clients, who also trained")
-    text = f"## Evaluation\n\nOn {where} (loss in nats per token; accuracy: next-token).\n\n"
+    meaning, headline, column = eval_terms(facts)
+    text = f"## Evaluation\n\nOn {where} ({meaning}).\n\n"
     if base or final:
-        names = list(dict.fromkeys([*final, *base]))
+        names = [n for n in dict.fromkeys([*final, *base]) if headline == "perplexity" or n != "perplexity"]
         version = summary.get("version")
         final_label = f"global v{version}" if version is not None else "final"
         text += table(("metric", "base model", final_label),
@@ -200,9 +201,9 @@ def evaluation_section(facts: RunFacts) -> str:
                  f"{number(before.get('mean_perplexity'))} before, {number(sites['mean_perplexity'])} after; "
                  f"the worst site's {number(before.get('worst_perplexity'))} before, "
                  f"{number(sites['worst_perplexity'])} after ({len(sites.get('by_site', {}))} sites).\n")
-    rounds = round_rows(facts.records)
+    rounds = round_rows(facts.records, headline)
     if rounds:
-        text += "\nBy round:\n\n" + table(("round", "train loss", "held-out loss", "held-out perplexity"), rounds)
+        text += "\nBy round:\n\n" + table(("round", "train loss", "held-out loss", column), rounds)
     return text
 
 
@@ -324,7 +325,7 @@ def compression_row(compression: Mapping[str, Any]) -> str:
     return "; ".join(parts) if parts else "none (dense float32 updates)"
 
 
-def round_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str, str]]:
+def round_rows(records: Sequence[Mapping[str, Any]], headline: str = "perplexity") -> list[tuple[str, str, str, str]]:
     shown = list(records)
     if len(shown) > MAX_ROUND_ROWS:
         step = math.ceil(len(shown) / MAX_ROUND_ROWS)
@@ -333,7 +334,7 @@ def round_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str
     for r in shown:
         held_out = r.get("eval") if isinstance(r.get("eval"), Mapping) else {}
         rows.append((str(r.get("round", "?")), number(r.get("train_loss")), number(held_out.get("loss")),
-                     number(held_out.get("perplexity"))))
+                     number(held_out.get(headline))))
     return rows
 
 

@@ -32,6 +32,22 @@ def head_arguments(facts: RunFacts) -> str:
     return ""
 
 
+# Per kind: what the evaluation figures mean, and the per-round figure a reader judges a run by.
+LANGUAGE_TERMS = ("loss in nats per token; accuracy: next-token", "perplexity", "held-out perplexity")
+EVAL_TERMS = {
+    "retrieval": ("loss: InfoNCE over each evaluation client's own collection; accuracy: top-1; recall@10 and MRR@10 "
+                  "of the document each query was taken from", "recall_at_10", "held-out recall@10"),
+    "rerank": ("loss: listwise cross-entropy over the first stage's candidates; accuracy: top-1 after reranking; "
+               "recall@10 and MRR@10 of the reranked list", "recall_at_10", "held-out recall@10"),
+    "classify": ("loss: cross-entropy per sample; accuracy: of the label", "accuracy", "held-out accuracy"),
+}
+
+
+def eval_terms(facts: RunFacts) -> tuple[str, str, str]:
+    """(what the figures mean, the per-round headline's key, its column title) for the run's task kind."""
+    return EVAL_TERMS.get(config_section(facts.config, "task").get("kind", "causal_lm"), LANGUAGE_TERMS)
+
+
 def config_section(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = config.get(name)
     return value if isinstance(value, Mapping) else {}
