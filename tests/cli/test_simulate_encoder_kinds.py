@@ -46,3 +46,10 @@ def test_a_classify_run_reports_accuracy_and_refuses_svd(tmp_path):
     final = json.loads((tmp_path / "run" / "summary.json").read_text())["final"]
     assert f"{final['accuracy']:.3f}" in result.output
     assert refused.exit_code != 0 and "lora.aggregation" in refused.output and not (tmp_path / "svd").exists()
+
+
+def test_fedlm_experiment_compare_points_an_encoder_kind_to_its_own_comparison(tmp_path):
+    result = runner.invoke(app, ["experiment", "compare", "--quick", "--out", str(tmp_path / "cmp"),
+                                 "--set", "task.kind=retrieval"])
+    assert result.exit_code == 2 and "benchmarks/rag_compare.py" in result.output
+    assert not (tmp_path / "cmp").exists()

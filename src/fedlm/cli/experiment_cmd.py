@@ -37,12 +37,16 @@ def compare_command(
     """
     from fedlm.experiment.compare import run_comparison  # torch and PEFT load only when a comparison runs
     from fedlm.experiment.report import markdown_table, write_outputs
+    from fedlm.model_settings import ENCODER_KINDS
 
     try:
         base, from_file = load_files(config)
         overrides = collect_overrides({}, None, set_)
         overrides["experiment"] = from_file | overrides.get("experiment", {})  # --set wins over the file
         run_config, settings = resolve(base, overrides, quick=quick)
+        if run_config.task.kind in ENCODER_KINDS:
+            raise ConfigError(f"task.kind: 'fedlm experiment compare' compares language models; task.kind = "
+                              f"{run_config.task.kind!r} has its own comparison: python benchmarks/rag_compare.py")
     except ConfigError as err:
         console.print(f"[red]config error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
