@@ -228,8 +228,8 @@ def rerank_scores(model: torch.nn.Module, tokenizer: Any, query: str, passages: 
     if not passages:
         return np.empty(0, np.float32)
     check_pair_template(tokenizer)
-    query_row = tokenizer(query, truncation=False)["input_ids"]
-    passage_rows = tokenizer(list(passages), truncation=False)["input_ids"]
+    query_row = tokenizer(query, truncation=False, verbose=False)["input_ids"]
+    passage_rows = tokenizer(list(passages), truncation=False, verbose=False)["input_ids"]
     rows = PairRows.build([join_pair(query_row, row, length) for row in passage_rows])
     was_training = model.training
     model.eval()

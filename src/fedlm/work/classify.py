@@ -195,7 +195,7 @@ class ClassifyWork:
         labelled = check_labelled(samples, labels, kind=self.kind)
         index = {label: i for i, label in enumerate(labels)}
         seq_len = self.config.data.seq_len
-        rows = tokenizer([s.text for s in labelled], truncation=False)["input_ids"] if labelled else []
+        rows = tokenizer([s.text for s in labelled], truncation=False, verbose=False)["input_ids"] if labelled else []
         cut = sum(len(r) > seq_len for r in rows)
         encoded = LabelledSet(tuple(tuple(cut_row(r, seq_len)) for r in rows), tuple(index[s.label] for s in labelled),
                               int(tokenizer.pad_token_id))

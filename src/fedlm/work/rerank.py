@@ -152,7 +152,7 @@ class RerankWork(RetrievalWork):
         key = texts_digest(texts)
         pair_set, cut, dropped = self.draw_pairs(tokenizer, texts)  # refuses a client with no pair
         pad_id = int(tokenizer.pad_token_id)
-        documents = [cut_row(r, seq_len) for r in tokenizer(texts, truncation=False)["input_ids"]]
+        documents = [cut_row(r, seq_len) for r in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
         encoder = self.miner().model
         negatives = mine_negatives(embed_rows(encoder, pair_set.queries, pad_id, MINING_BATCH).numpy(),
                                    embed_rows(encoder, documents, pad_id, MINING_BATCH).numpy(), pair_set.sources,
