@@ -176,14 +176,9 @@ class RerankWork(RetrievalWork):
     def loss(self, model: torch.nn.Module, batch: ListBatch) -> torch.Tensor:
         return rerank_loss(model, batch)
 
-    def evaluate(self, model: torch.nn.Module, eval_set: RerankEvalSet) -> EvalResult:
-        total = EvalResult()
-        was_training = model.training
-        model.eval()
-        for collection in eval_set.collections:
-            total = total + score_lists(model, collection, eval_set.pad_id, batch_size=self.config.eval.batch_size)
-        model.train(was_training)
-        return total
+    def score(self, model: torch.nn.Module, collection: RerankCollection, pad_id: int) -> EvalResult:
+        """One client's first-stage candidates reordered by the cross-encoder (RetrievalWork.evaluate sums them)."""
+        return score_lists(model, collection, pad_id, batch_size=self.config.eval.batch_size)
 
     def attach(self, base: Any) -> Any:
         from fedlm.models.lora import attach_lora

@@ -204,15 +204,19 @@ class RetrievalWork:
     def loss(self, model: torch.nn.Module, batch: PairBatch) -> torch.Tensor:
         return contrastive_loss(model, batch, self.config.retrieval.temperature)
 
-    def evaluate(self, model: torch.nn.Module, eval_set: CollectionEvalSet) -> EvalResult:
+    def evaluate(self, model: torch.nn.Module, eval_set: Any) -> EvalResult:
+        """Every evaluation client's collection scored by `score`, summed; the model left in the mode it was in."""
         total = EvalResult()
         was_training = model.training
         model.eval()
         for collection in eval_set.collections:
-            total = total + score_collection(model, collection, eval_set.pad_id, batch_size=self.config.eval.batch_size,
-                                             temperature=self.config.retrieval.temperature)
+            total = total + self.score(model, collection, eval_set.pad_id)
         model.train(was_training)
         return total
+
+    def score(self, model: torch.nn.Module, collection: Collection, pad_id: int) -> EvalResult:
+        return score_collection(model, collection, pad_id, batch_size=self.config.eval.batch_size,
+                                temperature=self.config.retrieval.temperature)
 
     def attach(self, base: Any) -> Any:
         from fedlm.models.lora import attach_lora
