@@ -43,3 +43,11 @@ def test_every_table_of_server_toml_is_checked_at_once():
                             "limits": {"norm_bound": -1}})
     assert [p.split(": ", 1)[0] for p in caught.value.problems] == [
         "server.port", "tls.cert", "scheduling.deadline_seconds", "limits.norm_bound"]
+
+
+def test_a_run_config_with_several_globals_is_refused_by_the_service(tmp_path):
+    (tmp_path / "run.toml").write_text('[model]\nname = "tiny"\n[clusters]\ncount = 2\nassign = "loss"\n')
+    (tmp_path / "server.toml").write_text('[server]\nrun_config = "run.toml"\n')
+    settings = load_settings(tmp_path / "server.toml")
+    with pytest.raises(ConfigError, match=r"clusters\.count: the service holds one global model"):
+        settings.run_config()

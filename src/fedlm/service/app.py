@@ -174,9 +174,8 @@ def create_app(coordinator: Coordinator, verifier: ClientVerifier, *, max_upload
     @app.get("/v1/status")
     def status(client: Client) -> dict[str, Any]:
         with coordinator.lock:
-            rnd = coordinator.rnd
             return {"rounds_done": coordinator.state.rounds_done, "version": coordinator.state.version,
-                    "open_round": rnd.round if rnd else None, "finished": coordinator.finished,
+                    "open_round": coordinator.open_round_number, "finished": coordinator.finished,
                     "privacy": coordinator.privacy_report()}
 
     @app.get("/v1/config")
@@ -245,7 +244,7 @@ def create_app(coordinator: Coordinator, verifier: ClientVerifier, *, max_upload
     @app.get("/metrics", response_class=Response, include_in_schema=False)
     def prometheus(client: Client) -> Response:  # scrapers present a certificate issued by the CA too
         with coordinator.lock:
-            metrics.round.set(coordinator.rnd.round if coordinator.rnd else 0)
+            metrics.round.set(coordinator.open_round_number or 0)
             metrics.rounds_done.set(coordinator.state.rounds_done)
             metrics.version.set(coordinator.state.version)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")

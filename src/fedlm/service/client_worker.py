@@ -34,6 +34,9 @@ from fedlm.service.transport import CertificateProblem, Connection, JoinSettings
 __all__ = ["CertificateProblem", "Connection", "JoinSettings", "ServerRefused", "join", "take_part"]
 
 log = logging.getLogger("fedlm.join")
+# refusals a worker moves on from to its next task: our earlier try landed, we were late for a synchronous round, or
+# (FedBuff) our update was past the run's maximum staleness or our task expired
+MOVE_ON = ("already_answered", "round_not_open", "too_stale", "task_expired")
 # trains on a task from the global vector: (task, global) -> (update, samples, metrics); the update is the float32
 # vector after the client steps, or, when the run compresses (never under SecAgg), the wire payload to upload
 Trainer = Callable[[dict[str, Any], np.ndarray], tuple[np.ndarray | bytes, int, dict[str, float]]]
@@ -60,7 +63,7 @@ def upload(conn: Connection, task: dict[str, Any], payload: bytes, num_samples: 
                      headers={"X-Fedlm-Metrics": json.dumps(metrics), "Content-Type": "application/octet-stream"})
         return "accepted"
     except ServerRefused as err:
-        if err.code in ("already_answered", "round_not_open"):  # our earlier try landed, or we were late
+        if err.code in MOVE_ON:
             return err.code
         raise
 

@@ -33,9 +33,9 @@ from fedlm.server.rounds import (
     clipped_share, mark_failed, open_round, signal_to_noise, weight_share,
 )
 from fedlm.service import store as db
-from fedlm.service.blobs import BlobStore, Staged
+from fedlm.service.blobs import BlobStore, CorruptBlob, Staged
+from fedlm.service.buffered_rounds import BufferedRounds
 from fedlm.service.errors import Refused
-from fedlm.service.blobs import CorruptBlob
 from fedlm.service.payloads import MalformedUpdate, decode_state, encode_state, read_masked, read_update
 from fedlm.service.canary import CanaryGate
 from fedlm.service.privacy_budget import PrivacyBudgetReports, budget_stop, privacy_fields
@@ -71,7 +71,7 @@ class Available:
     traits: Traits
 
 
-class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReports):
+class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, PrivacyBudgetReports):
     def __init__(
         self, store: db.Store, blobs: BlobStore, *, run: RunConfig, pipeline: Pipeline, initial_global: np.ndarray,
         scheduling: SchedulingSection, registry: RegistrySection, evaluator: Evaluator | None = None,
@@ -89,7 +89,11 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
         self._budget_memo: tuple[tuple[int, int], str | None] = ((-1, -1), None)
         self._unsampled_memo: tuple[int, float | None] = (-1, None)
         self._init_monitoring(initial_global.size)
+        self._pending_step = None  # FedBuff: a buffer found full on restart is stepped once the state is in place
         self.state, self.rnd, self.round_row = self._recover(initial_global)
+        if self._pending_step is not None:
+            with self.lock:
+                self._step(self._pending_step)
         if self._failed_on_replay is not None:  # a logged stage closing failed: the round ends as it would have
             with self.lock:
                 self._abandon(f"on restart: {self._failed_on_replay}")
@@ -105,10 +109,15 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
                 self._commit_version(session, state, round=0, metrics=self._evaluate(state.global_vector), status="promoted")
                 db.set_production(session, 0)
                 db.audit(session, "initialised", size=int(initial_global.size))
+                if self.run.policy.kind == "fedbuff":
+                    self._recover_buffered(session, state)  # an empty buffer over version 0
                 return state, None, None
             state = decode_state(self.blobs.read(latest.state_sha256))
             state = replace(state, rounds_done=max(state.rounds_done, db.last_closed_round(session)))
             self.monitor_history = history_from_records(v.metrics for v in db.versions(session) if v.round > 0)
+            if self.run.policy.kind == "fedbuff":
+                self._pending_step = self._recover_buffered(session, state)
+                return state, None, None
             row = db.open_round_row(session)
             if row is None:
                 return state, None, None
@@ -140,7 +149,9 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
 
     def _lose_update(self, session: Any, update: db.UpdateRow, err: Exception) -> None:
         """An accepted update whose blob was damaged on disk: the round goes on without it, and says so."""
-        session.get(db.TaskRow, (update.round, update.client_id)).status = "failed"
+        task = db.task_of_update(session, update)
+        if task is not None:
+            task.status = "failed"
         db.audit(session, "update_blob_corrupt", client_id=update.client_id, round=update.round, sha256=update.sha256,
                  detail=str(err))
         log.error("round %d: the accepted update of client %s is left out: %s", update.round, update.client_id, err,
@@ -173,6 +184,10 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
                     raise Refused(404, "not_registered", f"client {client_id} must POST /v1/clients/register first")
             self.available[client_id] = Available(self.clock(), traits)
             self.tick()
+            if self.buffer is not None:
+                offer = self._buffered_offer(client_id)
+                return None if offer is None else TaskOffer(offer[0], offer[1], client_id, self.state.clip_norm, offer[2],
+                                                            self.global_sha(offer[1]))
             rnd = self.rnd
             if rnd is None or client_id not in rnd.cohort or client_id in rnd.weights or client_id in rnd.failed:
                 return None
@@ -183,6 +198,13 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
                 secagg = parameters_answer(self.secure.parameters(client_id))
             return TaskOffer(rnd.round, rnd.version, client_id, rnd.clip_norm, self.round_row.deadline,
                              self.global_sha(rnd.version), self.round_row.stage, secagg)
+
+    @property
+    def open_round_number(self) -> int | None:
+        """The open round (under FedBuff: the buffer being filled), or None."""
+        if self.buffer is not None:
+            return None if self.buffer_row is None else self.buffer_row.round
+        return None if self.rnd is None else self.rnd.round
 
     @property
     def finished(self) -> bool:
@@ -200,6 +222,9 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
         """Close a round past its deadline; open the next one when enough eligible clients are available."""
         with self.lock:
             now = self.clock()
+            if self.buffer is not None:
+                self._expire_tasks(now)
+                return
             if self.rnd is not None and self.secure is not None:
                 self._tick_secagg(now)
             elif self.rnd is not None and now >= self.round_row.deadline:
@@ -242,6 +267,8 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
             try:
                 if self.pipeline.mask is not None:
                     self._in_stage(client_id, round, "mask")
+                elif self.buffer is not None:
+                    self._check_buffered_task(client_id, round, version)
                 else:
                     self._check_task(client_id, round, version)
             except Refused as refusal:
@@ -262,6 +289,8 @@ class Coordinator(SecureStages, RoundMonitoring, CanaryGate, PrivacyBudgetReport
             with self.lock:
                 if self.pipeline.mask is not None:
                     return self._accept_masked(client_id, round, version, num_samples, metrics, staged, vector)
+                if self.buffer is not None:
+                    return self._submit_buffered(client_id, round, version, num_samples, metrics, staged, vector)
                 self._check_task(client_id, round, version)
                 update = Update(round, version, client_id, num_samples, vector, metrics)
                 try:

@@ -157,6 +157,9 @@ class ServiceSettings:
     def run_config(self) -> RunConfig:
         """The run config as the service runs it: the file's settings with [limits] where they set no bound."""
         run = load_config(self.path(self.server.run_config) if self.server.run_config else None)
+        with collect_problems():
+            require(run.clusters.count == 1, "clusters.count",
+                    "the service holds one global model: several globals (clustered FL) run in `fedlm simulate` only")
         return with_limits(run, norm_bound=self.limits.norm_bound, max_client_weight=self.limits.max_client_weight)
 
 

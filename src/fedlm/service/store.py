@@ -174,6 +174,15 @@ def secagg_messages(session: Session, round: int) -> list[SecAggMessageRow]:
     return list(session.scalars(select(SecAggMessageRow).where(SecAggMessageRow.round == round).order_by(SecAggMessageRow.id)))
 
 
+def task_of_update(session: Session, update: UpdateRow) -> TaskRow | None:
+    """The accepted task an update answered: under its own round, or under FedBuff (where an update is filed under the
+    buffer it was folded into) the client's accepted task handed out from the update's version."""
+    return session.scalars(
+        select(TaskRow).join(RoundRow, TaskRow.round == RoundRow.round)
+        .where(TaskRow.client_id == update.client_id, TaskRow.status == "accepted", RoundRow.version == update.version)
+        .order_by((TaskRow.round == update.round).desc(), TaskRow.round.desc()).limit(1)).first()
+
+
 def tasks_of(session: Session, round: int) -> dict[str, str]:
     return {t.client_id: t.status for t in session.scalars(select(TaskRow).where(TaskRow.round == round))}
 
