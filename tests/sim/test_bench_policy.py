@@ -12,7 +12,7 @@ import pytest
 from fedlm.server.buffered import BufferPolicy
 from fedlm.server.rounds import initial_state
 from fedlm.sim.bench import (bench_pipeline, bench_policies, fedbuff_pass, fedbuff_updates, make_synthetic_fleet,
-                              sync_pass, sync_updates)
+                              sync_pass, sync_updates, within_noise)
 
 
 def weighted_mean_step(start: np.ndarray, vectors: np.ndarray, samples: tuple[int, ...],
@@ -37,6 +37,17 @@ def test_both_paths_fold_every_update_and_fedbuff_steps_every_k():
     assert 0 < result.sync_us_per_update_min <= result.sync_us_per_update
     assert 0 < result.fedbuff_us_per_update_min <= result.fedbuff_us_per_update
     assert result.floor_us_per_update > 0
+    assert 0 < result.control_cpu_ratio_low <= result.control_cpu_ratio <= result.control_cpu_ratio_high
+    assert result.as_dict()["within_noise"] == within_noise(result) in (True, False)
+
+
+@pytest.mark.parametrize(("ratio", "inside"), [(1.03, True), (1.05, False), (0.97, True), (0.95, False)])
+def test_within_noise_is_the_a_a_band_made_symmetric_about_one(ratio, inside):
+    # Prepare: A/A paired ratios 0.98 to 1.04: the band is [min(0.98, 1/1.04), max(1.04, 1/0.98)] = [0.9615, 1.04]
+    result = replace(bench_policies(clients=4, params=10, repetitions=1, policy=BufferPolicy(2, 1)),
+                     cpu_ratio=ratio, control_cpu_ratio_low=0.98, control_cpu_ratio_high=1.04)
+    # Execute / Assert
+    assert within_noise(result) is inside
 
 
 def test_updates_left_in_the_buffer_count_as_folded():

@@ -118,7 +118,10 @@ def test_a_synchronous_round_waits_for_its_slowest_client():
     ({"kind": "fedbuff", "compute_sigma": -1.0}, "policy.compute_sigma: must be in [0, 5]"),
     ({"kind": "fedbuff", "network_seconds": -1.0}, "policy.network_seconds: must be in [0, 1e9]"),
     ({"buffer_size": 8}, "policy.buffer_size: applies to policy.kind = 'fedbuff' only"),
-    ({"slow_share": 0.2}, "policy.slow_share: applies to policy.kind = 'fedbuff' only"),
+    ({"quorum": 3}, "policy.quorum: applies to policy.kind = 'quorum' only"),
+    ({"kind": "fedbuff", "deadline_seconds": 5.0}, "policy.deadline_seconds: applies to policy.kind = 'quorum' only"),
+    ({"kind": "quorum"}, "policy.quorum: policy.kind = 'quorum' needs a quorum or a deadline_seconds"),
+    ({"kind": "quorum", "quorum": -1}, "policy.quorum: must be an integer >= 0"),
 ])
 def test_policy_settings_refuse_a_bad_value_naming_the_key(table: dict, problem: str):
     # Execute / Assert

@@ -147,6 +147,10 @@ def print_policy_result(result: dict) -> None:
         console.print(f"fedbuff / sync: [bold]{result['ratio']:.3f}[/] wall clock (within one repetition "
                       f"{result['ratio_low']:.3f} to {result['ratio_high']:.3f}), [bold]{result['cpu_ratio']:.3f}[/] "
                       f"CPU time ({result['cpu_ratio_low']:.3f} to {result['cpu_ratio_high']:.3f})")
+        console.print(f"sync / sync (the same path measured twice, the noise): [bold]{result['control_cpu_ratio']:.3f}[/] "
+                      f"CPU time ({result['control_cpu_ratio_low']:.3f} to {result['control_cpu_ratio_high']:.3f}); "
+                      f"FedBuff's ratio is [bold]{'inside' if result['within_noise'] else 'outside'}[/] that band: "
+                      f"{'no measurable' if result['within_noise'] else 'a measurable'} per-update cost")
     console.print(
         "Medians over passes. sync: open_round, accept_update each, close_round. fedbuff: accept_stale each (a "
         "server step every K). CPU: this process's CPU time, which other jobs on the machine barely move. "

@@ -39,6 +39,9 @@ from fedlm.updates.pipeline import Pipeline
 from fedlm.updates.server import aggregate, apply_ingress, optimize
 
 
+INTEGERS = (int, np.integer)  # a version is one of these (not bool); a tuple, not `int | np.integer`, built per call
+
+
 class StaleUpdate(UpdateRejected):
     """An update that started from a version too old for the buffer, or from one the server has not made."""
 
@@ -55,6 +58,9 @@ class BufferPolicy:
         if self.buffer_size < 1 or self.max_staleness < 0 or self.staleness_weight not in STALENESS_WEIGHTS:
             raise ValueError(f"a buffer needs buffer_size >= 1, max_staleness >= 0 and a staleness weight in "
                              f"{STALENESS_WEIGHTS}, got {self}")
+        # w(s) for every staleness the buffer accepts, computed once: a lookup per update, not a call
+        weights = tuple(staleness_weight(s, self.staleness_weight) for s in range(self.max_staleness + 1))
+        object.__setattr__(self, "weights_by_staleness", weights)
 
 
 def buffer_policy(settings: PolicySettings) -> BufferPolicy:
@@ -127,15 +133,16 @@ def check_stale(state: BufferedState, update: Update) -> int:
     metrics).
     """
     who, started = update.client_id, update.version
-    if isinstance(started, bool) or not isinstance(started, int | np.integer) or started < 0:
+    if isinstance(started, bool) or not isinstance(started, INTEGERS) or started < 0:
         raise UpdateRejected(f"update from {who} names version {started!r}; expected an integer >= 0")
-    staleness = state.version - int(started)
+    version = state.server.version
+    staleness = version - int(started)
     if staleness < 0:
         raise StaleUpdate(f"update from {who} started from version {started}, which the server (at version "
-                          f"{state.version}) has not made")
+                          f"{version}) has not made")
     if staleness > state.policy.max_staleness:
         raise StaleUpdate(f"update from {who} started from version {started}, {staleness} versions behind the server's "
-                          f"{state.version}: past policy.max_staleness = {state.policy.max_staleness}")
+                          f"{version}: past policy.max_staleness = {state.policy.max_staleness}")
     if (who, int(started)) in state.sources:
         raise UpdateRejected(f"the buffer already holds an update from {who} started from version {started}")
     check_contents(update, state.pipeline, state.total.shape, state.server.clip_norm)  # reads, changes nothing
@@ -147,11 +154,11 @@ def accept_stale(state: BufferedState, update: Update) -> Aggregation | None:
     staleness = check_stale(state, update)
     pipeline = state.pipeline
     weight = client_weight(update.num_samples, pipeline.weighting, pipeline.max_weight)
-    vector = apply_ingress(pipeline, update.vector, state.scratch)
-    fold(state.total, vector, weight * staleness_weight(staleness, state.policy.staleness_weight))
+    vector = apply_ingress(pipeline, update.vector, state.scratch) if pipeline.ingress_steps else update.vector
+    fold(state.total, vector, weight * state.policy.weights_by_staleness[staleness])
     state.weights.append(weight)
     state.staleness.append(staleness)
-    state.sources[(update.client_id, int(update.version))] = None  # a replay of the same pair is refused
+    state.sources[(update.client_id, state.server.version - staleness)] = None  # a replay of the same pair is refused
     state.metrics.append(releasable_for(update.metrics, pipeline.privacy))
     if state.buffered < state.policy.buffer_size:
         return None

@@ -25,6 +25,8 @@ both settings:
 - secure aggregation: its masks are agreed by the whole sampled cohort and cancel only in that
   cohort's sum, not in each cluster's part of it;
 - policy.kind = "fedbuff": the asynchronous engine holds one buffer and one global;
+- the virtual clock (policy.kind = "quorum", or any clock setting under "sync"): the clustered
+  engine does not time its rounds;
 - the processes and ray executors: the clustered simulation is tested in this process only.
 """
 
@@ -89,6 +91,9 @@ def check_cluster_combinations(config: RunConfig) -> None:
             "not in each cluster's part of it")
     require(config.policy.kind != "fedbuff", "policy.kind",
             f"'fedbuff' cannot be combined with {many}: the asynchronous engine holds one buffer and one global")
+    require(config.policy.kind == "fedbuff" or not config.policy.timed, "policy.kind",
+            f"the virtual clock (policy.kind = 'quorum', or a clock setting such as policy.slow_share) cannot be "
+            f"combined with {many}: the clustered engine does not time its rounds")
     require(config.simulation.executor == "serial", "simulation.executor",
             f"{config.simulation.executor!r} cannot be combined with {many} yet: the clustered simulation trains in "
             "this process; use simulation.executor = 'serial'")

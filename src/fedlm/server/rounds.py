@@ -34,6 +34,10 @@ MAX_SAMPLES = 2**31 - 1
 DOMINANT_SHARE = 0.5
 
 
+INTEGERS = (int, np.integer)  # built once: `int | np.integer` in isinstance builds a union on every call
+NUMBERS = (int, float, np.integer, np.floating)
+
+
 class UpdateRejected(ValueError):
     """An update that does not belong to the open round, or is malformed."""
 
@@ -139,7 +143,7 @@ def check_contents(update: Update, pipeline: Pipeline, shape: tuple[int, ...], c
     if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != shape:
         raise UpdateRejected(f"update from {who} must be float32 of shape {shape}")
     samples = update.num_samples
-    if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or not 1 <= samples <= MAX_SAMPLES:
+    if isinstance(samples, bool) or not isinstance(samples, INTEGERS) or not 1 <= samples <= MAX_SAMPLES:
         raise UpdateRejected(f"update from {who} reports {samples!r} samples; expected an integer in [1, {MAX_SAMPLES}]")
     # One BLAS pass: a NaN or infinity anywhere makes the squared norm non-finite, and so
     # does a value past 1.8e19, which the magnitude bound refuses anyway.
@@ -162,7 +166,7 @@ def check_contents(update: Update, pipeline: Pipeline, shape: tuple[int, ...], c
 
 
 def _is_finite_number(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and np.isfinite(value)
+    return isinstance(value, NUMBERS) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def enforces_clip(pipeline: Pipeline) -> bool:

@@ -160,6 +160,9 @@ class ServiceSettings:
         with collect_problems():
             require(run.clusters.count == 1, "clusters.count",
                     "the service holds one global model: several globals (clustered FL) run in `fedlm simulate` only")
+            require(run.policy.kind != "quorum", "policy.kind",
+                    "'quorum' is the simulation's name for the service's own round: set federation.clients_per_round "
+                    "(updates that close a round early) and [scheduling] deadline_seconds in server.toml instead")
         return with_limits(run, norm_bound=self.limits.norm_bound, max_client_weight=self.limits.max_client_weight)
 
 

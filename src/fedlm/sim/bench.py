@@ -259,10 +259,14 @@ class PolicyBenchResult:
     cpu_ratio: float | None  # of the CPU-time medians, and their paired range
     cpu_ratio_low: float | None
     cpu_ratio_high: float | None
+    # the noise floor: the sync path measured a second time in the same repetitions (sync again / sync), CPU time
+    control_cpu_ratio: float | None
+    control_cpu_ratio_low: float | None
+    control_cpu_ratio_high: float | None
     floor_us_per_update: float  # baseline, same run: numpy reading and writing one vector of P, nothing else
 
     def as_dict(self) -> dict[str, float | int | str | None]:
-        return asdict(self)
+        return {**asdict(self), "within_noise": within_noise(self)}
 
 
 @dataclass
@@ -271,6 +275,7 @@ class PassTimes:
 
     sync: list[Elapsed] = field(default_factory=list)
     fedbuff: list[Elapsed] = field(default_factory=list)
+    control: list[Elapsed] = field(default_factory=list)  # the sync path again: an A/A comparison
     sync_folded: int | None = None
     sync_steps: int | None = None
     fedbuff_folded: int = 0
@@ -281,16 +286,20 @@ def interleave_passes(
     fleet: SyntheticFleet, pipeline: Pipeline, policy: BufferPolicy, start: ServerState, *, repetitions: int,
     compare_sync: bool,
 ) -> PassTimes:
-    """One warm-up pass and `repetitions` measured ones per path, alternating which path goes first."""
+    """One warm-up pass and `repetitions` measured ones per path, rotating which path goes first.
+
+    With `compare_sync` the synchronous path runs twice per repetition ("sync" and "control"), so the
+    ratio of the same code to itself shows how far apart two measurements of equal cost fall."""
     buffered_start = replace(start, version=policy.max_staleness)  # old enough for every drawn staleness
     plain, stale = sync_updates(fleet, start), fedbuff_updates(fleet, buffered_start, policy.buffer_size)
     times = PassTimes()
     with single_thread_blas():  # as the engines fold: one BLAS thread
+        paths = ("sync", "fedbuff", "control") if compare_sync else ("fedbuff",)
         for rep in range(repetitions + 1):
-            for path in ("sync", "fedbuff") if rep % 2 == 0 else ("fedbuff", "sync"):
-                if path == "sync" and compare_sync:
+            for path in paths[rep % len(paths):] + paths[:rep % len(paths)]:
+                if path in ("sync", "control"):
                     elapsed, state, folded = sync_pass(start, pipeline, plain)
-                    times.sync.append(elapsed)
+                    getattr(times, path).append(elapsed)
                     times.sync_folded, times.sync_steps = folded, state.version - start.version
                 elif path == "fedbuff":
                     elapsed, buffer, steps = fedbuff_pass(buffered_start, pipeline, policy, stale)
@@ -324,6 +333,22 @@ def ratio_fields(fedbuff: PathFigures, sync: PathFigures) -> dict[str, float]:
     return fields
 
 
+def control_fields(control: PathFigures, sync: PathFigures) -> dict[str, float]:
+    """The A/A ratio on CPU time: the sync path's second measurement over its first, median and paired range."""
+    paired = [c / s for c, s in zip(control.cpu, sync.cpu, strict=True)]
+    return {"control_cpu_ratio": statistics.median(control.cpu) / statistics.median(sync.cpu),
+            "control_cpu_ratio_low": min(paired), "control_cpu_ratio_high": max(paired)}
+
+
+def within_noise(result: PolicyBenchResult) -> bool | None:
+    """Whether FedBuff's CPU ratio to sync lies inside the A/A band (the same path measured twice); None without sync."""
+    if result.cpu_ratio is None or result.control_cpu_ratio_low is None:
+        return None
+    low = min(result.control_cpu_ratio_low, 1 / result.control_cpu_ratio_high)  # the band is symmetric about 1
+    high = max(result.control_cpu_ratio_high, 1 / result.control_cpu_ratio_low)
+    return low <= result.cpu_ratio <= high
+
+
 def bench_policies(
     *, clients: int, params: int, repetitions: int, policy: BufferPolicy, compare_sync: bool = True, seed: int = 0
 ) -> PolicyBenchResult:
@@ -339,7 +364,8 @@ def bench_policies(
     times = interleave_passes(fleet, pipeline, policy, start, repetitions=repetitions, compare_sync=compare_sync)
     fedbuff = PathFigures.of(times.fedbuff, clients)
     sync = PathFigures.of(times.sync, clients) if compare_sync else None
-    none = dict.fromkeys(("ratio", "ratio_low", "ratio_high", "cpu_ratio", "cpu_ratio_low", "cpu_ratio_high"))
+    none = dict.fromkeys(("ratio", "ratio_low", "ratio_high", "cpu_ratio", "cpu_ratio_low", "cpu_ratio_high",
+                          "control_cpu_ratio", "control_cpu_ratio_low", "control_cpu_ratio_high"))
     return PolicyBenchResult(
         policy="both" if compare_sync else "fedbuff", clients=clients, params=params, repetitions=repetitions,
         buffer_size=policy.buffer_size, max_staleness=policy.max_staleness, staleness_weight=policy.staleness_weight,
@@ -351,6 +377,6 @@ def bench_policies(
         sync_us_per_update_min=min(sync.wall) if sync else None,
         sync_cpu_us_per_update=statistics.median(sync.cpu) if sync else None,
         sync_server_steps=times.sync_steps, sync_updates_folded=times.sync_folded,
-        **(ratio_fields(fedbuff, sync) if sync else none),
+        **(ratio_fields(fedbuff, sync) | control_fields(PathFigures.of(times.control, clients), sync) if sync else none),
         floor_us_per_update=memory_floor(clients, params) / clients * 1e6,
     )

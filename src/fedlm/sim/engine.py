@@ -6,6 +6,9 @@ reused buffer that the round folds before the next client. Nothing is copied or 
 per client. Clients in a cohort run in client-id order, so a seed fixes the result.
 [simulation] executor = "processes" or "ray" spreads the clients over workers, each with
 its own model (see sim.cohort); their updates are still folded in client-id order.
+Under policy.kind = "quorum" (and "sync" with the virtual clock set) each round is timed on the
+simulated clock (sim.virtual_clock): the cohort clients that would miss a quorum round are failed
+before anyone trains, and every metrics line carries the simulated time so far (`sim_seconds`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from fedlm.sim.secure_round import ClientTurn, secure_round
 from fedlm.sim.setup import Simulation
 from fedlm.sim.threads import single_thread_blas
 from fedlm.sim.trainers import make_lora_trainer, make_sim_executor
+from fedlm.sim.virtual_clock import RoundClock, slow_clients
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +115,8 @@ def train_cohort(
     that sum could not be recovered (the round is abandoned).
     """
     residuals = sim.residuals if sim.config.compression.sparsify == "top_k" else None
-    jobs = make_jobs(make_tasks(rnd), private, sim.adapter.initial_private, residuals, state.global_vector.size)
+    tasks = [task for task in make_tasks(rnd) if task.client_id not in rnd.failed]  # late under a quorum: not trained
+    jobs = make_jobs(tasks, private, sim.adapter.initial_private, residuals, state.global_vector.size)
     if rnd.pipeline.mask is not None:
         turn = secure_turn(sim, state, jobs, reporter)
         return secure_round(rnd, state.global_vector.size, sim.config.run.seed, turn) is not None
@@ -205,6 +210,28 @@ def round_record(rnd: OpenRound, outcome: RoundOutcome, result: EvalResult, seco
     }
 
 
+def round_clock(sim: Simulation, rounds_done: int) -> RoundClock | None:
+    """The simulated clock of a timed run (policy.timed), wound on past the `rounds_done` rounds already run; else None."""
+    policy = sim.config.policy
+    if not policy.timed:
+        return None
+    slow = slow_clients(sim.population, share=policy.slow_share, seed=sim.config.run.seed)
+    clock = RoundClock(policy, sim.config.run.seed, sim.config.client.local_steps, slow)
+    for round in range(1, rounds_done + 1):  # a round's timing depends only on seed, cohort and round
+        clock.advance(sample_cohort(sim, round), round)
+    return clock
+
+
+def time_round(clock: RoundClock | None, rnd: OpenRound) -> dict[str, Any]:
+    """Fail the cohort clients that miss the round on the simulated clock; the fields its metrics line gets."""
+    if clock is None:
+        return {}
+    timing = clock.advance(rnd.cohort, rnd.round)
+    for client in sorted(timing.late):
+        mark_failed(rnd, client)
+    return {"policy": clock.settings.kind, "sim_seconds": clock.now, "late": len(timing.late)}
+
+
 def why_no_per_client(sim: Simulation) -> str | None:
     """Why this run may not compute per-client update figures (secure aggregation, DP), or None."""
     return per_client_unavailable(secure=sim.pipeline.mask is not None, noise_multiplier=sim.config.privacy.noise_multiplier)
@@ -257,6 +284,7 @@ def simulate(
                  sim.pipeline.aggregator.name, state.global_vector.size)
     executor = make_sim_executor(sim, reporter)
     sketcher, history = monitoring_sketcher(sim), monitor_history or MonitorHistory()
+    clock = round_clock(sim, state.rounds_done)
     try:
         for round in range(state.rounds_done + 1, sim.config.federation.rounds + 1):
             result.stop_reason = budget_stop(sim, state)
@@ -265,6 +293,7 @@ def simulate(
             started = time.perf_counter()
             rnd = open_round(state, sample_cohort(sim, round), sim.pipeline)
             reporter.round_started(round, len(rnd.cohort))
+            timed = time_round(clock, rnd)
             watch = open_watch(sketcher, len(rnd.cohort)) if sketcher is not None else None
             recovered = train_cohort(sim, state, rnd, private, reporter, executor, watch)
             state, outcome = close_round(state, rnd) if recovered else abandon_round(state, rnd)
@@ -276,6 +305,7 @@ def simulate(
                 record["sites"] = site_summary(sites)
             record.update(traffic(rnd, outcome, state.global_vector.size, sim.full_model_bytes))
             record.update(privacy_fields(sim, state))
+            record.update(timed)
             if sim.config.monitoring.enabled:
                 history = monitor_round(sim, record, watch, history)
             result.state, result.final_eval, result.final_sites = state, evaluation, sites

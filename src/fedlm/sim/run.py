@@ -100,8 +100,8 @@ def build_summary(sim: Simulation, result: RunResult | None, state: ServerState,
 
 
 def policy_fields(sim: Simulation, result: RunResult | None) -> dict[str, Any]:
-    """Under policy.kind = 'fedbuff': the policy, and the virtual time and refusals at the last server step."""
-    if sim.config.policy.kind == "sync":
+    """On the virtual clock (policy.timed): the policy, and the simulated time (and FedBuff's refusals) at the end."""
+    if not sim.config.policy.timed:
         return {}
     last = result.records[-1] if result is not None and result.records else {}
     return {"policy": sim.config.policy.kind, "sim_seconds": last.get("sim_seconds"),

@@ -8,14 +8,17 @@ the run (a speed class of the device, not of the task). Each draw takes its own 
 (run seed, client, task number), so a schedule depends on nothing but the seed and is the same
 whatever order it is asked in.
 
-The asynchronous engine (sim.async_engine) draws a duration per dispatch; `sync_round_seconds`
-times a synchronous round on the same clock (the slowest of its cohort), so both policies
-compare in simulated seconds.
+The asynchronous engine (sim.async_engine) draws a duration per dispatch; `round_timing` times a
+synchronous round on the same clock (the slowest of its cohort; under policy.kind = "quorum" the
+quorum-th arrival or the deadline, whichever is first, leaving the clients still training out), so
+every policy compares in simulated seconds. A round's timing depends only on the seed, its cohort
+and its number, so a resumed run recomputes the time of the rounds it already ran.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from fedlm.core.rng import make_rng
 from fedlm.server.policy_settings import PolicySettings
@@ -60,3 +63,50 @@ def sync_round_seconds(
         longest = max(longest, seconds)
     return longest
 
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """When a synchronous round closes (simulated seconds after it opened) and who misses it."""
+
+    seconds: float
+    late: frozenset[str]
+
+
+def round_timing(
+    settings: PolicySettings, *, seed: int, cohort: Sequence[str], round: int, local_steps: int, slow: frozenset[str],
+) -> RoundTiming:
+    """"sync" waits for the slowest of its cohort. "quorum" closes at the `quorum`-th arrival or at `deadline_seconds`,
+    whichever is first (but not before the first arrival), and its clients still training then are late.
+
+    Task number = round, as `sync_round_seconds`; an empty cohort closes at once.
+    """
+    times = {c: task_seconds(settings, seed=seed, client_id=c, task=round, local_steps=local_steps, slow=c in slow)
+             for c in cohort}
+    if not times:
+        return RoundTiming(0.0, frozenset())
+    ordered = sorted(times.values())
+    close = ordered[-1]
+    if settings.kind == "quorum":
+        if settings.quorum:
+            close = min(close, ordered[min(settings.quorum, len(ordered)) - 1])
+        if settings.deadline_seconds:
+            close = min(close, max(settings.deadline_seconds, ordered[0]))
+    return RoundTiming(close, frozenset(c for c, t in times.items() if t > close))
+
+
+@dataclass
+class RoundClock:
+    """The simulated time of a run of synchronous rounds: each round's timing, and the time so far."""
+
+    settings: PolicySettings
+    seed: int
+    local_steps: int
+    slow: frozenset[str]
+    now: float = 0.0
+
+    def advance(self, cohort: Sequence[str], round: int) -> RoundTiming:
+        timing = round_timing(self.settings, seed=self.seed, cohort=cohort, round=round, local_steps=self.local_steps,
+                              slow=self.slow)
+        self.now += timing.seconds
+        return timing
