@@ -6,18 +6,15 @@ extension, exactly as service.tls puts it there under uvicorn.
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from fake_clock import FakeClock  # noqa: F401  (service tests import it from here)
+from postgres_db import scratch_database
 from fedlm.config import RunConfig, apply_overrides
 from fedlm.service import certs
 from fedlm.service.app import create_app
@@ -107,22 +104,7 @@ def service(tmp_path: Path) -> Service:
     return build_service(tmp_path, f"sqlite:///{tmp_path / 'fedlm.db'}")
 
 
-# PostgreSQL: the URL of a server that allows CREATE DATABASE (default: the local trust-auth server).
-URL = os.environ.get("FEDLM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
 @pytest.fixture
 def postgres_url():
-    admin = create_engine(URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            name = f"fedlm_test_{uuid.uuid4().hex[:12]}"
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as err:  # no server, no role, no permission: all mean "cannot test here"
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL at {make_url(URL).render_as_string(hide_password=True)} ({type(err).__name__}); "
-                    "set FEDLM_TEST_POSTGRES_URL to one that allows CREATE DATABASE")
-    yield make_url(URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database() as url:
+        yield url

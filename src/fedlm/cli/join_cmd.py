@@ -13,7 +13,7 @@ console = Console(stderr=True)
 
 
 def join_command(
-    server: str = typer.Option(..., "--server", help="The coordinator's URL, e.g. https://127.0.0.1:8443"),
+    server: str = typer.Option(..., "--server", help="The coordinator's URL, e.g. https://127.0.0.1:8443; several replicas' URLs comma-separated (a client moves on to the next when one cannot be reached)"),
     data: Path = typer.Option(..., "--data", help="This client's data: a folder of text files (.txt, .md, .jsonl, .csv, .parquet, at any depth; task.kind = causal_lm), or a .jsonl file or a folder of them (instruction)."),
     cert: Path = typer.Option(..., "--cert", help="Client certificate (PEM); its CN is the client id."),
     key: Path = typer.Option(..., "--key", help="The certificate's private key (PEM)."),

@@ -36,13 +36,17 @@ class Staged:
 
 
 class BlobStore:
-    def __init__(self, root: Path) -> None:
+    """Blobs under `root`; uploads stage in `root/<staging>` (each replica its own folder, on the same file system, so
+    that publishing a blob stays one atomic rename)."""
+
+    def __init__(self, root: Path, staging: str = "staging") -> None:
         self.root = Path(root)
-        self.staging = self.root / "staging"
+        self.staging = self.root / staging
         self.staging.mkdir(parents=True, exist_ok=True)
 
     def clear_staging(self) -> None:
-        """Remove what a crash mid-upload left in staging; only the coordinator that holds the data dir's lock may."""
+        """Remove what a crash mid-upload left in this coordinator's staging folder; only the process that holds the
+        data dir's lock (a replica: its own folder's) may."""
         for leftover in self.staging.iterdir():
             leftover.unlink(missing_ok=True)
 

@@ -105,10 +105,7 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
         with self.store.session() as session:
             latest = db.latest_version(session)
             if latest is None:
-                state = initial_state(initial_global, self.pipeline)
-                self._commit_version(session, state, round=0, metrics=self._evaluate(state.global_vector), status="promoted")
-                db.set_production(session, 0)
-                db.audit(session, "initialised", size=int(initial_global.size))
+                state = self._initialise(session, initial_global)
                 if self.run.policy.kind == "fedbuff":
                     self._recover_buffered(session, state)  # an empty buffer over version 0
                 return state, None, None
@@ -128,24 +125,38 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
                 self._failed_on_replay = self._replay_secagg(session, rnd, row.stage, state.ledger)
                 detail = f"SecAgg log replayed to stage {row.stage}, {len(self.secure.masked)} masked inputs"
             else:
-                self.watch = self._open_watch(len(rnd.cohort))
-                for update in db.accepted_updates(session, row.round):
-                    try:
-                        vector = self._read_plain(self.blobs.verified_path(update.sha256), update.client_id, update.round,
-                                                  size=state.global_vector.size, clip_norm=rnd.clip_norm)
-                    except (CorruptBlob, MalformedUpdate) as err:
-                        self._lose_update(session, update, err)
-                        continue
-                    accept_update(rnd, Update(update.round, update.version, update.client_id, update.num_samples, vector, update.metrics))
-                    if self.watch is not None:
-                        observe(self.watch, update.client_id, vector)
-                for client, status in db.tasks_of(session, row.round).items():
-                    if status == "failed":
-                        mark_failed(rnd, client)
+                self._refold(session, rnd)
                 detail = f"{len(rnd.weights)} accepted updates re-folded"
             db.audit(session, "recovered", round=row.round, detail=detail)
             log.info("recovered round %d: %s", row.round, detail, extra={"round": row.round})
             return state, rnd, row
+
+    def _initialise(self, session: Any, initial_global: np.ndarray) -> ServerState:
+        """Version 0 from the initial adapter, promoted to production (an empty store's first start)."""
+        state = initial_state(initial_global, self.pipeline)
+        self._commit_version(session, state, round=0, metrics=self._evaluate(state.global_vector), status="promoted")
+        db.set_production(session, 0)
+        db.audit(session, "initialised", size=int(initial_global.size))
+        return state
+
+    def _refold(self, session: Any, rnd: OpenRound) -> None:
+        """Fold the round's accepted updates from their blobs, in commit order (the same bytes: the same sum), and
+        fail its failed tasks; a damaged blob is left out and reported."""
+        self.watch = self._open_watch(len(rnd.cohort))
+        for update in db.accepted_updates(session, rnd.round):
+            try:
+                vector = self._read_plain(self.blobs.verified_path(update.sha256), update.client_id, update.round,
+                                          size=rnd.total.size, clip_norm=rnd.clip_norm)
+            except (CorruptBlob, MalformedUpdate) as err:
+                self._lose_update(session, update, err)
+                continue
+            accept_update(rnd, Update(update.round, update.version, update.client_id, update.num_samples, vector,
+                                      update.metrics))
+            if self.watch is not None:
+                observe(self.watch, update.client_id, vector)
+        for client, status in db.tasks_of(session, rnd.round).items():
+            if status == "failed":
+                mark_failed(rnd, client)
 
     def _lose_update(self, session: Any, update: db.UpdateRow, err: Exception) -> None:
         """An accepted update whose blob was damaged on disk: the round goes on without it, and says so."""

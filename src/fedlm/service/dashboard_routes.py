@@ -81,11 +81,12 @@ def version_record(version: Mapping[str, Any]) -> dict[str, Any]:
 def service_summary(coordinator: Coordinator, production: int | None) -> dict[str, Any]:
     """The run's state as the dashboard's summary: the versions table marks `version` (production)."""
     with coordinator.lock:
-        rnd, finished = coordinator.rnd, coordinator.finished
+        finished = coordinator.finished
         facts = {"rounds_done": coordinator.state.rounds_done, "planned_rounds": coordinator.run.federation.rounds,
-                 "open_round": rnd.round if rnd else None, "latest_version": coordinator.state.version,
+                 "open_round": coordinator.open_round_number, "latest_version": coordinator.state.version,
                  "finished": finished, "privacy": coordinator.privacy_report()}
-    status = "finished" if finished else f"round {rnd.round} open" if rnd else "waiting for clients"
+    opened = facts["open_round"]
+    status = "finished" if finished else f"round {opened} open" if opened is not None else "waiting for clients"
     return {"status": status, "version": production, "model": coordinator.run.model.name, **facts}
 
 

@@ -7,6 +7,13 @@ round through the database, the first process holds an exclusive lock for its li
 `flock` on a file in the data directory (and beside a SQLite file kept elsewhere), and a
 PostgreSQL session-level advisory lock on the database. The operating system or the
 database releases each when the process ends, however it ends, so a crash leaves no stale lock.
+
+Replicas (server.replica = true: several `fedlm serve` over one PostgreSQL database and one
+shared data directory, service.replica) take the same locks shared instead: replicas admit
+each other, and a single coordinator (exclusive) and replicas (shared) refuse each other.
+Among replicas the one that opens and closes rounds holds a second advisory lock, the
+leader's, for its lifetime (`try_lead`): when it dies the database drops its session and
+another replica takes the lock on its next tick. No election protocol of our own.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 LOCK_FILE = "coordinator.lock"
 ADVISORY_KEY = 0x666564_6C6D  # "fedlm": the one advisory lock a coordinator takes in its database
+LEADER_KEY = ADVISORY_KEY + 1  # replicas: held by the one that opens and closes rounds
 
 
 class AlreadyServing(ValueError):
@@ -40,53 +48,72 @@ class InstanceLock:
         self.files, self.connections = [], []
 
 
-def lock_file(path: Path, what: str) -> Any:
-    """An open file holding an exclusive flock on `path`, with this process's pid written in it."""
+def lock_file(path: Path, what: str, *, shared: bool = False) -> Any:
+    """An open file holding an exclusive (or, for replicas, shared) flock on `path`, with this process's pid in it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
         raise AlreadyServing(f"another fedlm serve (pid {holder}) already serves {what}: two coordinators on one data "
                              "directory or database lose accepted updates. Stop it first, or give this one its own "
-                             "server.data_dir and server.database_url") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+                             "server.data_dir and server.database_url (replicas: server.replica = true in every "
+                             "one's server.toml)") from None
+    if not shared:  # replicas share the file: none of them owns its contents
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
     return handle
 
 
-def lock_database(engine: Any, url: str) -> Any:
-    """A connection holding PostgreSQL's advisory lock for coordinators (None for other databases)."""
-    if engine.dialect.name != "postgresql":
-        return None
+def advisory_lock(engine: Any, key: int, *, shared: bool = False) -> Any:
+    """A detached connection holding the session-level advisory lock `key`, or None if another session holds it."""
     from sqlalchemy import text
 
     connection = engine.connect()
     connection.detach()  # this session is the lock's: it never goes back to the pool for others to reuse
-    held = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}).scalar()
+    function = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    held = connection.execute(text(f"SELECT {function}(:key)"), {"key": key}).scalar()
     connection.commit()
     if not held:
         connection.invalidate()
-        raise AlreadyServing(f"another fedlm serve already serves the database {url.split('@')[-1]}: two coordinators on "
-                             "one database lose accepted updates. Stop it first, or give this one its own database")
+        return None
     return connection
 
 
-def hold_instance(data_dir: Path, engine: Any, url: str) -> InstanceLock:
-    """Take every lock a coordinator needs, or refuse with the holder's pid; nothing is changed on refusal."""
+def lock_database(engine: Any, url: str, *, shared: bool = False) -> Any:
+    """A connection holding PostgreSQL's advisory lock for coordinators (None for other databases)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    connection = advisory_lock(engine, ADVISORY_KEY, shared=shared)
+    if connection is None:
+        other = "a single coordinator" if shared else "another fedlm serve"
+        raise AlreadyServing(f"{other} already serves the database {url.split('@')[-1]}: two coordinators on one "
+                             "database lose accepted updates. Stop it first, or give this one its own database "
+                             "(replicas: server.replica = true in every one's server.toml)")
+    return connection
+
+
+def try_lead(engine: Any) -> Any:
+    """Replicas: a connection holding the leader's advisory lock, or None while another replica holds it."""
+    return advisory_lock(engine, LEADER_KEY)
+
+
+def hold_instance(data_dir: Path, engine: Any, url: str, *, replica: bool = False) -> InstanceLock:
+    """Take every lock a coordinator needs (shared ones for a replica), or refuse with the holder's pid; nothing is
+    changed on refusal."""
     lock = InstanceLock()
     try:
-        lock.files.append(lock_file(Path(data_dir) / LOCK_FILE, f"the data directory {data_dir}"))
+        lock.files.append(lock_file(Path(data_dir) / LOCK_FILE, f"the data directory {data_dir}", shared=replica))
         if engine.dialect.name == "sqlite" and engine.url.database and engine.url.database != ":memory:":
             database = Path(engine.url.database).resolve()
             if database.parent != Path(data_dir).resolve():
                 lock.files.append(lock_file(database.with_name(database.name + "." + LOCK_FILE), f"the database {database}"))
-        connection = lock_database(engine, url)
+        connection = lock_database(engine, url, shared=replica)
         if connection is not None:
             lock.connections.append(connection)
     except BaseException:

@@ -16,6 +16,7 @@ from fedlm.service.app import create_app
 from fedlm.service.blobs import BlobStore
 from fedlm.service.certs import ClientVerifier
 from fedlm.service.coordinator import Coordinator
+from fedlm.service.replica import ReplicaCoordinator
 from fedlm.service.instance_lock import InstanceLock, hold_instance
 from fedlm.service.limits import describe_limits
 from fedlm.service.registry import make_evaluator
@@ -53,16 +54,18 @@ def build_runtime(settings: ServiceSettings) -> Runtime:
     population = population_of(settings, run)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.database_url)
-    lock = hold_instance(settings.data_dir, store.engine, settings.database_url)
+    replica = settings.server.replica
+    lock = hold_instance(settings.data_dir, store.engine, settings.database_url, replica=replica)
     try:
         parts = assemble(run, population=population)
         evaluator = None
         if settings.registry.eval_data:
             evaluator = make_evaluator(parts, settings.path(settings.registry.eval_data),
                                        max_sequences=settings.registry.eval_max_sequences)
-        blobs = BlobStore(settings.data_dir / "blobs")
-        blobs.clear_staging()  # only now: the lock says no other coordinator is mid-upload here
-        coordinator = Coordinator(
+        # each replica stages in its own folder (named by its port) of the shared blob store
+        blobs = BlobStore(settings.data_dir / "blobs", f"staging-{settings.server.port}" if replica else "staging")
+        blobs.clear_staging()  # only now: the lock says no other coordinator is mid-upload in this folder
+        coordinator = (ReplicaCoordinator if replica else Coordinator)(
             store, blobs, run=run, pipeline=parts.pipeline, initial_global=parts.adapter.initial_shared,
             scheduling=settings.scheduling, registry=settings.registry, evaluator=evaluator, secagg=settings.secagg,
         )

@@ -40,6 +40,10 @@ class ServerSection:
     max_body_seconds: float = 600.0  # a request body (an upload) still arriving after this is cut off with 408
     max_staging_bytes: int = 2**30  # uploads being received hold at most this much disk together; past it 507 staging_full
     operators: tuple[str, ...] = ()  # client ids (certificate CNs) that may open /dashboard and change production; () = nobody
+    # true: one of several `fedlm serve` processes (replicas) over one PostgreSQL database and one shared data_dir,
+    # serving one federation: any replica takes check-ins and uploads, the one holding the leader lock opens and
+    # closes rounds (service.replica). Every replica's server.toml says so; each needs its own port (or host)
+    replica: bool = False
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, "server.port", "must be in [1, 65535]")
@@ -158,6 +162,10 @@ class ServiceSettings:
         """The run config as the service runs it: the file's settings with [limits] where they set no bound."""
         run = load_config(self.path(self.server.run_config) if self.server.run_config else None)
         with collect_problems():
+            if self.server.replica:
+                require(not run.secagg.enabled, "secagg.enabled", "server.replica = true does not run secure "
+                        "aggregation yet: its stages keep the protocol's state in one process")
+                require(run.policy.kind == "sync", "policy.kind", "server.replica = true runs synchronous rounds only")
             require(run.clusters.count == 1, "clusters.count",
                     "the service holds one global model: several globals (clustered FL) run in `fedlm simulate` only")
             require(run.policy.kind != "quorum", "policy.kind",
@@ -177,7 +185,12 @@ def settings_from_dict(data: dict[str, Any], root: Path = Path(".")) -> ServiceS
                 built[name] = build_section(name, hints[name], values)
             else:
                 report(f"{name}: unknown table; known: {', '.join(sections)}")
-        return ServiceSettings(**built, root=root)
+        settings = ServiceSettings(**built, root=root)
+        if "server" in built and settings.server.replica:
+            require(settings.database_url.startswith("postgresql"), "server.replica",
+                    "replicas share their rounds through one PostgreSQL database: set server.database_url to it "
+                    "(two coordinators on SQLite cannot: SQLite has one writer and no advisory locks)")
+        return settings
 
 
 def load_settings(path: Path) -> ServiceSettings:

@@ -34,7 +34,7 @@ class RoundRow(Base):
     __tablename__ = "rounds"
     round: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(Integer)  # the global version the round trains from
-    status: Mapped[str] = mapped_column(String(16))  # open | closed
+    status: Mapped[str] = mapped_column(String(16))  # open | closing (replicas: no upload is taken any more) | closed
     # collect (plain) | advertise, share, mask, confirm, unmask (SecAgg) | abandoned (SecAgg could not recover the sum)
     stage: Mapped[str] = mapped_column(String(32), default="collect")
     cohort: Mapped[list[str]] = mapped_column(JSON)
@@ -42,6 +42,16 @@ class RoundRow(Base):
     opened_at: Mapped[float] = mapped_column(Float)
     deadline: Mapped[float] = mapped_column(Float)  # under SecAgg: the current stage's deadline
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class PresenceRow(Base):
+    """Replicas: when a client last checked in (at any replica) and what it said, so the replica leading the
+    rounds sees every available client (a single coordinator keeps this in memory)."""
+
+    __tablename__ = "presence"
+    client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_seen: Mapped[float] = mapped_column(Float)
+    traits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class TaskRow(Base):

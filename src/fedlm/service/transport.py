@@ -140,12 +140,28 @@ def make_tls_context(settings: JoinSettings) -> ssl.SSLContext:
 
 
 class Connection:
-    """HTTPS to the coordinator with retries: transport errors, 5xx, 408 and 429 retry, other 4xx raise."""
+    """HTTPS to the coordinator with retries: transport errors, 5xx, 408 and 429 retry, other 4xx raise.
+
+    `settings.server` may list several replicas' URLs, comma-separated (server.replica = true): a
+    transport error moves the connection on to the next one, so a client rides out the death of
+    the replica it was talking to."""
 
     def __init__(self, settings: JoinSettings) -> None:
-        self.http = httpx.Client(base_url=settings.server, verify=make_tls_context(settings), timeout=60.0)
+        self.servers = tuple(url.strip() for url in settings.server.split(",") if url.strip())
+        self.tls, self.current = make_tls_context(settings), 0
+        self.http = httpx.Client(base_url=self.servers[0], verify=self.tls, timeout=60.0)
         self.settings = settings
         self.delay = backoff_delays(settings.backoff_initial, settings.backoff_max, random.Random())
+
+    def next_server(self) -> None:
+        """Move on to the next replica's URL (after a transport error); nothing with one URL."""
+        servers = getattr(self, "servers", ())
+        if len(servers) < 2:
+            return
+        self.http.close()
+        self.current = (self.current + 1) % len(servers)
+        self.http = httpx.Client(base_url=servers[self.current], verify=self.tls, timeout=60.0)
+        log.info("trying the next coordinator replica, %s", servers[self.current])
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         started, attempt = time.monotonic(), 0
@@ -164,6 +180,7 @@ class Connection:
                 reason = type(err).__name__
                 if HUNG_UP in str(err):
                     reason += ": the server closed the connection unanswered; if this goes on, it may not accept this client's certificate"
+                self.next_server()
             if time.monotonic() - started > self.settings.give_up_after:
                 raise RuntimeError(f"server unreachable for {self.settings.give_up_after:.0f} s ({reason})")
             wait = self.delay(attempt)
