@@ -18,20 +18,17 @@ import subprocess
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from fedlm.service import certs
 from fedlm.service import store as db
-from fedlm.service.client_worker import Connection, JoinSettings, take_part
 
 from postgres_db import scratch_database
-from test_service_e2e import FEDLM, free_port, wait_for, write_text
+from test_service_e2e import FEDLM, GATE, free_port, start_gate, wait_for, write_text
 
 CLIENTS = [f"client-{i}" for i in range(4)]
-GATE = "gate"
 
 
 class Replicas:
@@ -51,7 +48,6 @@ class Replicas:
                 "tick_seconds = 0.2\nreplica = true\n[scheduling]\ndeadline_seconds = 300\n")
         self.engine = create_engine(url)
         self.processes: dict[str, subprocess.Popen] = {}
-        self.gate_sent: int | None = None
 
     def urls(self, *order: str) -> str:
         return ",".join(f"https://127.0.0.1:{self.ports[name]}" for name in order)
@@ -71,24 +67,7 @@ class Replicas:
                           "--ca", str(self.root / "certs" / "ca.pem")])
 
     def start_gate(self, hold_round: int) -> threading.Event:
-        release = threading.Event()
-        folder = self.root / "certs" / "clients"
-        settings = JoinSettings(server=self.urls("b", "a"), data=self.root, cert=folder / f"{GATE}.pem",
-                                key=folder / f"{GATE}.key", ca=self.root / "certs" / "ca.pem")
-
-        def train(task, global_vector):
-            if task["round"] == hold_round:
-                release.wait(120)
-            return np.full(global_vector.size, 1e-3, np.float32), 1, {"train_loss": 1.0}
-
-        def run():
-            conn = Connection(settings)
-            conn.request("POST", "/v1/clients/register", json={})
-            self.gate_sent = take_part(conn, GATE, train, settings.traits)
-            conn.close()
-
-        self.gate = threading.Thread(target=run, daemon=True)
-        self.gate.start()
+        self.gate, release, self.gate_result = start_gate(self.root, self.urls("b", "a"), hold_round)
         return release
 
     def rows(self, kind, *where):
@@ -141,7 +120,7 @@ def test_two_replicas_finish_the_round_when_the_leader_is_killed_mid_round(repli
     # Assert: the round completed on B with every update accepted before the kill, and the run finished
     assert open_then == [(2, "open")]
     assert codes == dict.fromkeys(CLIENTS, 0), {n: replicas.log(n) for n, c in codes.items() if c}
-    assert replicas.gate_sent == 3
+    assert replicas.gate_result.get("sent") == 3
     after = {(u.client_id, u.sha256) for u in replicas.rows(db.UpdateRow, db.UpdateRow.round == 2)}
     assert before <= after and {c for c, _ in after} == {*CLIENTS, GATE}
     assert [(r.round, r.status) for r in replicas.rows(db.RoundRow)] == [(1, "closed"), (2, "closed"), (3, "closed")]

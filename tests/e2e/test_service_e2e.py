@@ -60,6 +60,31 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.02):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def start_gate(root: Path, server: str, hold_round: int) -> tuple[threading.Thread, threading.Event, dict]:
+    """A cohort member run by the test: the real worker loop (take_part) as client GATE, with a stand-in trainer that
+    holds its `hold_round` training until the event is set; the dict gets "sent" (its updates that counted) at the end.
+    `server` may list several replicas' URLs."""
+    release, result = threading.Event(), {}
+    folder = root / "certs" / "clients"
+    settings = JoinSettings(server=server, data=root, cert=folder / f"{GATE}.pem", key=folder / f"{GATE}.key",
+                            ca=root / "certs" / "ca.pem")
+
+    def train(task, global_vector):
+        if task["round"] == hold_round:
+            release.wait(120)
+        return np.full(global_vector.size, 1e-3, np.float32), 1, {"train_loss": 1.0}
+
+    def run():
+        conn = Connection(settings)
+        conn.request("POST", "/v1/clients/register", json={})
+        result["sent"] = take_part(conn, GATE, train, settings.traits)
+        conn.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, release, result
+
+
 class Cluster:
     def __init__(self, root: Path) -> None:
         self.root, self.port = root, free_port()
@@ -77,7 +102,6 @@ class Cluster:
             "[secagg]\nadvertise_seconds = 60\nshare_seconds = 60\nmask_seconds = 120\nunmask_seconds = 60\n")
         self.engine = create_engine(f"sqlite:///{root / 'state' / 'fedlm.db'}")
         self.server: subprocess.Popen | None = None
-        self.gate_sent: int | None = None
         self.clients: dict[str, subprocess.Popen] = {}
 
     def start_server(self) -> None:
@@ -109,25 +133,12 @@ class Cluster:
 
     def start_gate(self, hold_round: int) -> threading.Event:
         """The sixth member: the real worker loop, a stand-in trainer that waits in `hold_round` until released."""
-        release = threading.Event()
-        folder = self.root / "certs" / "clients"
-        settings = JoinSettings(server=f"https://127.0.0.1:{self.port}", data=self.root, cert=folder / f"{GATE}.pem",
-                                key=folder / f"{GATE}.key", ca=self.root / "certs" / "ca.pem")
-
-        def train(task, global_vector):
-            if task["round"] == hold_round:
-                release.wait(120)
-            return np.full(global_vector.size, 1e-3, np.float32), 1, {"train_loss": 1.0}
-
-        def run():
-            conn = Connection(settings)
-            conn.request("POST", "/v1/clients/register", json={})
-            self.gate_sent = take_part(conn, GATE, train, settings.traits)
-            conn.close()
-
-        self.gate = threading.Thread(target=run, daemon=True)
-        self.gate.start()
+        self.gate, release, self.gate_result = start_gate(self.root, f"https://127.0.0.1:{self.port}", hold_round)
         return release
+
+    @property
+    def gate_sent(self) -> int | None:
+        return self.gate_result.get("sent")
 
     def rows(self, kind, **where):
         with Session(self.engine) as session:

@@ -179,12 +179,8 @@ class BufferedRounds:
             raise Refused(422, "invalid_update", str(err)) from None
         sha = self.blobs.commit(staged)
         with self.store.session() as session:
-            session.add(db.UpdateRow(round=update.round, client_id=client_id, version=version, sha256=sha,
-                                     size=staged.size, num_samples=num_samples,
-                                     metrics={k: float(v) for k, v in metrics.items()}, received_at=self.clock()))
-            session.get(db.TaskRow, (task.round, client_id)).status = "accepted"
-            db.audit(session, "update_accepted", client_id=client_id, round=update.round, size=staged.size, sha256=sha,
-                     detail=f"staleness {staleness}")
+            db.record_accepted(session, update, sha256=sha, size=staged.size, at=self.clock(),
+                               task=session.get(db.TaskRow, (task.round, client_id)), detail=f"staleness {staleness}")
         del self.outstanding[client_id]
         stepped = accept_stale(self.buffer, update)  # only after the commit: a crash before it loses nothing accepted
         log.info("accepted update round=%d client=%s size=%d sha256=%s staleness=%d", update.round, client_id,

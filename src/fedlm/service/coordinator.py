@@ -347,11 +347,8 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
     def _accept(self, update: Update, staged: Staged) -> None:
         sha = self.blobs.commit(staged)
         with self.store.session() as session:
-            session.add(db.UpdateRow(round=update.round, client_id=update.client_id, version=update.version, sha256=sha,
-                                     size=staged.size, num_samples=update.num_samples,
-                                     metrics={k: float(v) for k, v in update.metrics.items()}, received_at=self.clock()))
-            session.get(db.TaskRow, (update.round, update.client_id)).status = "accepted"
-            db.audit(session, "update_accepted", client_id=update.client_id, round=update.round, size=staged.size, sha256=sha)
+            db.record_accepted(session, update, sha256=sha, size=staged.size, at=self.clock(),
+                               task=session.get(db.TaskRow, (update.round, update.client_id)))
         accept_update(self.rnd, update)  # only after the commit: a crash before it loses nothing accepted
         if self.watch is not None:
             observe(self.watch, update.client_id, update.vector)

@@ -194,11 +194,7 @@ class ReplicaCoordinator(Coordinator):
                 except UpdateRejected as err:
                     raise Refused(422, "invalid_update", str(err)) from None
                 sha = self.blobs.commit(staged)  # before the rows: a crash between leaves an unused blob, never a row
-                session.add(db.UpdateRow(round=round, client_id=client_id, version=version, sha256=sha, size=staged.size,
-                                         num_samples=num_samples, metrics={k: float(v) for k, v in metrics.items()},
-                                         received_at=self.clock()))
-                task.status = "accepted"
-                db.audit(session, "update_accepted", client_id=client_id, round=round, size=staged.size, sha256=sha)
+                db.record_accepted(session, update, sha256=sha, size=staged.size, task=task, at=self.clock())
         except Refused as refusal:
             self.blobs.discard(staged)
             self._audit_refusal(client_id, round, staged, refusal)

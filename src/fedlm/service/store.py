@@ -164,6 +164,18 @@ def audit(session: Session, event_name: str, *, client_id: str | None = None, ro
                          sha256=sha256, detail=detail[:512]))
 
 
+def record_accepted(session: Session, update: Any, *, sha256: str, size: int, task: TaskRow, at: float,
+                    detail: str = "") -> None:
+    """An accepted plain update (a core.types.Update) as the store keeps it: its row (numbers only, never the vector),
+    its task answered, and the audit entry. The caller commits the blob first and the session after."""
+    session.add(UpdateRow(round=update.round, client_id=update.client_id, version=update.version, sha256=sha256,
+                          size=size, num_samples=update.num_samples,
+                          metrics={k: float(v) for k, v in update.metrics.items()}, received_at=at))
+    task.status = "accepted"
+    audit(session, "update_accepted", client_id=update.client_id, round=update.round, size=size, sha256=sha256,
+          detail=detail)
+
+
 def latest_version(session: Session) -> VersionRow | None:
     return session.scalars(select(VersionRow).order_by(VersionRow.version.desc()).limit(1)).first()
 
