@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 console = Console()
-RESULTS_FILE = "results.json"  # fedlm.experiment.report.RESULTS_JSON, named here so the command loads no experiment code
+RESULTS_FILE = "results.json"  # fedlm.experiment.outputs.RESULTS_JSON, named here so the command loads no experiment code
 REPORT_FILE = "report.html"
 
 

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fedlm.config import ConfigError, RunConfig, apply_overrides, coerce_value
+from fedlm.config import ConfigError, RunConfig, apply_overrides
 from fedlm.experiment.compare import choose_training_clients, plain_config
 from fedlm.experiment.methods import RoundLog, federated_simulation, reset_adapter
+from fedlm.experiment.settings import typed_settings
 from fedlm.sim.async_engine import simulate_fedbuff
 from fedlm.sim.engine import simulate
 from fedlm.sim.setup import Simulation, prepare
@@ -98,12 +98,7 @@ def require(ok: bool, key: str, message: str) -> None:
 
 def make_fleet_settings(values: dict[str, Any], base: FleetSettings | None = None) -> FleetSettings:
     """`base` (the defaults if None) with `values` applied, each type-checked like a RunConfig key."""
-    hints = typing.get_type_hints(FleetSettings)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise ConfigError(f"{SECTION}.{unknown[0]}: unknown setting; known: {', '.join(sorted(hints))}")
-    typed = {k: coerce_value(f"{SECTION}.{k}", v, hints[k]) for k, v in values.items()}
-    return dataclasses.replace(base or FleetSettings(), **typed)
+    return typed_settings(FleetSettings, SECTION, values, base)
 
 
 # --quick: the tiny random model, a fleet of 8, seconds end to end (tests use it).

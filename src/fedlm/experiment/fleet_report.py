@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
+from fedlm.experiment.outputs import figure
+from fedlm.experiment.outputs import write_outputs as write_files
+
 PLOT_PNG = "perplexity_vs_simulated_time.png"
 LABELS = {"sync": "synchronous (waits for the cohort)", "quorum": "quorum (drops stragglers)",
           "fedbuff": "FedBuff (buffered, asynchronous)"}
@@ -39,34 +39,18 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """Held-out perplexity after each round or step of every policy, against simulated seconds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.axhline(results["target_perplexity"], linestyle="--", color="k",
-               label=f"target ({results['target_perplexity']:.2f})")
-    for row, marker in zip(results["policies"], ("o", "s", "^"), strict=False):
-        ax.plot([0.0] + [p["sim_seconds"] for p in row["curve"]],
-                [results["base_perplexity"]] + [p["perplexity"] for p in row["curve"]],
-                marker=marker, markersize=4, label=LABELS[row["policy"]])
-    ax.set_xlabel("simulated seconds on the fleet (virtual clock)")
-    ax.set_ylabel("held-out perplexity")
-    ax.set_title(f"{results['model']}: {results['settings']['slow_share']:.0%} of the fleet "
-                 f"{results['settings']['slow_factor']:g}x slower, equal training tokens", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    settings = results["settings"]
+    title = (f"{results['model']}: {settings['slow_share']:.0%} of the fleet {settings['slow_factor']:g}x slower, "
+             "equal training tokens")
+    with figure(path, title=title, xlabel="simulated seconds on the fleet (virtual clock)",
+                ylabel="held-out perplexity") as ax:
+        ax.axhline(results["target_perplexity"], linestyle="--", color="k",
+                   label=f"target ({results['target_perplexity']:.2f})")
+        for row, marker in zip(results["policies"], ("o", "s", "^"), strict=False):
+            ax.plot([0.0] + [p["sim_seconds"] for p in row["curve"]],
+                    [results["base_perplexity"]] + [p["perplexity"] for p in row["curve"]],
+                    marker=marker, markersize=4, label=LABELS[row["policy"]])
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / RESULTS_JSON, "table": out / RESULTS_MD, "plot": out / PLOT_PNG}
-    paths["json"].write_text(json.dumps(results, indent=2) + "\n")
-    paths["table"].write_text(markdown_table(results))
-    plot_curves(results, paths["plot"])
-    return paths
+    return write_files(results, out, table=markdown_table, plot=plot_curves, plot_name=PLOT_PNG)

@@ -8,16 +8,15 @@ log-perplexity (the mean next-token loss in nats): (base - method) / (base - cen
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from fedlm.experiment.methods import Bench, MethodResult
+from fedlm.experiment.outputs import figure
+from fedlm.experiment.outputs import write_outputs as write_files
 from fedlm.experiment.settings import ExperimentSettings
 
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
 PLOT_PNG = "held_out_perplexity.png"
 
 LABELS = {
@@ -149,38 +148,22 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """Held-out perplexity after each round of every federated method, against training tokens."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     seq_len = results["budget"]["seq_len"]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    levels = {m["name"]: m for m in results["methods"] if "curve" not in m}
-    for name, style in (("base", ":"), ("local_only", "-."), ("centralized", "--")):
-        if name in levels:
-            ax.axhline(levels[name]["held_out"]["perplexity"], linestyle=style, color="0.3" if name != "centralized" else "k",
-                       label=f"{levels[name]['label']} ({levels[name]['held_out']['perplexity']:.2f})")
-    federated = [m for m in results["methods"] if "curve" in m]
-    for m, (marker, style) in zip(federated, [("o", "-"), ("s", "-"), ("^", "-"), ("x", "--")] * 3, strict=False):
-        tokens = [point["sequences"] * seq_len / 1000 for point in m["curve"]]  # 8-bit is dashed: it may lie on FedAvg
-        ax.plot(tokens, [point["perplexity"] for point in m["curve"]], marker=marker, linestyle=style, markersize=4,
-                label=method_label(m))
-    ax.set_xlabel("training tokens (thousands); a marker after each round")
-    ax.set_ylabel("held-out perplexity")
-    ax.set_title(f"Held-out speakers, {results['model']}, equal budget of {results['budget']['tokens']:,} tokens", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    title = f"Held-out speakers, {results['model']}, equal budget of {results['budget']['tokens']:,} tokens"
+    with figure(path, title=title, xlabel="training tokens (thousands); a marker after each round",
+                ylabel="held-out perplexity") as ax:
+        levels = {m["name"]: m for m in results["methods"] if "curve" not in m}
+        for name, style in (("base", ":"), ("local_only", "-."), ("centralized", "--")):
+            if name in levels:
+                ax.axhline(levels[name]["held_out"]["perplexity"], linestyle=style,
+                           color="0.3" if name != "centralized" else "k",
+                           label=f"{levels[name]['label']} ({levels[name]['held_out']['perplexity']:.2f})")
+        federated = [m for m in results["methods"] if "curve" in m]
+        for m, (marker, style) in zip(federated, [("o", "-"), ("s", "-"), ("^", "-"), ("x", "--")] * 3, strict=False):
+            tokens = [point["sequences"] * seq_len / 1000 for point in m["curve"]]  # 8-bit is dashed: it may lie on FedAvg
+            ax.plot(tokens, [point["perplexity"] for point in m["curve"]], marker=marker, linestyle=style, markersize=4,
+                    label=method_label(m))
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / RESULTS_JSON, "table": out / RESULTS_MD, "plot": out / PLOT_PNG}
-    paths["json"].write_text(json.dumps(results, indent=2) + "\n")
-    paths["table"].write_text(markdown_table(results))
-    plot_curves(results, paths["plot"])
-    return paths
+    return write_files(results, out, table=markdown_table, plot=plot_curves, plot_name=PLOT_PNG)

@@ -119,14 +119,20 @@ def split_overrides(overrides: dict[str, dict[str, Any]]) -> tuple[dict[str, dic
     return rest, dict(overrides.get(SECTION, {}))
 
 
-def make_settings(values: dict[str, Any], base: ExperimentSettings | None = None) -> ExperimentSettings:
-    """`base` (the defaults if None) with `values` applied, each type-checked like a RunConfig key."""
-    hints = typing.get_type_hints(ExperimentSettings)
+def typed_settings(cls: type, section: str, values: dict[str, Any], base: Any = None) -> Any:
+    """`base` (cls's defaults if None) with `values` applied, each type-checked like a RunConfig key and named
+    `section.key` in errors (an experiment's own table: [experiment], [fleet], ...)."""
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ConfigError(f"{SECTION}.{unknown[0]}: unknown setting; known: {', '.join(sorted(hints))}")
-    typed = {k: coerce_value(f"{SECTION}.{k}", v, hints[k]) for k, v in values.items()}
-    return dataclasses.replace(base or ExperimentSettings(), **typed)
+        raise ConfigError(f"{section}.{unknown[0]}: unknown setting; known: {', '.join(sorted(hints))}")
+    typed = {k: coerce_value(f"{section}.{k}", v, hints[k]) for k, v in values.items()}
+    return dataclasses.replace(base or cls(), **typed)
+
+
+def make_settings(values: dict[str, Any], base: ExperimentSettings | None = None) -> ExperimentSettings:
+    """`base` (the defaults if None) with `values` applied, each type-checked like a RunConfig key."""
+    return typed_settings(ExperimentSettings, SECTION, values, base)
 
 
 # --quick: the tiny random model on a handful of clients, seconds end to end (tests use it).
