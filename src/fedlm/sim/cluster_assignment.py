@@ -30,6 +30,7 @@ class Assignment:
     by_client: dict[str, str]
     how: str  # "loss" (IFCA), "draw" (the globals are still identical) or "key"
     probe_loss: dict[str, float] = field(default_factory=dict)  # under "loss": the client's loss under its global
+    rebalanced: int = 0  # under "loss": clients moved to a global IFCA left with fewer than clusters.min_clients
 
 
 # --- which global a client belongs to --------------------------------------------------------------
@@ -138,10 +139,30 @@ def assign_clients(sim: Simulation, states: dict[str, ServerState], clients: Seq
                for c in clients if (b := blocks_of(c)) is not None and len(b)}
     losses = probe_losses(sim, states, batches, private, memo)
     chosen = losses.argmin(axis=1) if len(batches) else np.empty(0, np.int64)
+    moved = 0
+    if purpose == "cohort" and settings.min_clients:  # evaluation clients are scored under their best global
+        chosen, moved = rebalance(chosen, losses, settings.min_clients)
     by_client = dict(drawn)
     by_client.update({c: keys[int(k)] for c, k in zip(batches, chosen, strict=True)})
     probe = {c: float(losses[row, int(k)]) for row, (c, k) in enumerate(zip(batches, chosen, strict=True))}
-    return Assignment({c: by_client[c] for c in clients}, "loss", probe)
+    return Assignment({c: by_client[c] for c in clients}, "loss", probe, moved)
+
+
+def rebalance(chosen: np.ndarray, losses: np.ndarray, minimum: int) -> tuple[np.ndarray, int]:
+    """IFCA's choices with every global holding at least `minimum` clients (fewer if there are not enough for all):
+    a global short of them takes, one at a time, the client with the least regret (its loss under that global less
+    its loss under its choice) from a global that keeps at least `minimum`. The new choices and the clients moved."""
+    chosen, globals_ = chosen.copy(), losses.shape[1]
+    minimum = min(minimum, len(chosen) // globals_)
+    moved = 0
+    for key in range(globals_):
+        while (chosen == key).sum() < minimum:
+            counts = np.bincount(chosen, minlength=globals_)
+            donors = np.flatnonzero((chosen != key) & (counts[chosen] > minimum))
+            regret = losses[donors, key] - losses[donors, chosen[donors]]
+            chosen[donors[int(np.argmin(regret))]] = key  # ties: the first donor in cohort order
+            moved += 1
+    return chosen, moved
 
 
 def members(assignment: Assignment, clients: Sequence[str], key: str) -> tuple[str, ...]:

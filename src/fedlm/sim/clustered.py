@@ -153,6 +153,8 @@ def round_line(sim: Simulation, parts: list[ClusterRound], states: dict[str, Ser
     record.update(pooled_traffic(parts, size, sim.full_model_bytes))
     record.update(privacy_fields(sim, next(iter(states.values()))))
     record["assigned_by"] = assignment.how
+    if assignment.how == "loss":
+        record["rebalanced"] = assignment.rebalanced
     record["clusters"] = {p.key: cluster_figures(p, states[p.key], assignment, evaluation.by_cluster.get(p.key),
                                                  evaluation.counts.get(p.key, 0)) for p in parts}
     return record
