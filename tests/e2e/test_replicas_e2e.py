@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -128,4 +129,4 @@ def test_two_replicas_finish_the_round_when_the_leader_is_killed_mid_round(repli
     assert [(v.version, v.metrics.get("accepted")) for v in versions] == [(0, None), (1, 5), (2, 5), (3, 5)]
     assert len(replicas.rows(db.AuditRow, db.AuditRow.event == "replica_leads")) == 2  # A, then B
     assert replicas.processes["replica-b"].poll() is None, replicas.log("replica-b")
-    assert os.path.isdir(replicas.root / "state" / "blobs" / f"staging-{replicas.ports['b']}")
+    assert os.path.isdir(replicas.root / "state" / "blobs" / f"staging-{socket.gethostname()}-{replicas.ports['b']}")

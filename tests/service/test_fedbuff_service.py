@@ -154,7 +154,7 @@ def test_a_buffer_full_when_the_process_died_is_stepped_on_restart(tmp_path, mon
     def die(self, aggregation):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(BufferedRounds, "_step", die)
+    monkeypatch.setattr(BufferedRounds, "_try_step", die)
     with pytest.raises(RuntimeError, match="killed"):
         upload(service, "bob", B, offers["bob"])
     monkeypatch.undo()
@@ -177,3 +177,50 @@ def test_the_run_finishes_after_its_steps_and_tasks_still_out_no_longer_count(tm
     assert late.status_code == 409 and late.json()["error"] == "round_not_open"
     assert "the run is finished" in late.json()["detail"]
     assert task(service, "dave") is None
+
+
+def test_a_client_holds_one_update_per_buffer_and_asks_again_after_the_step(tmp_path):
+    # Prepare: carol's late version-0 update goes into buffer 2
+    service = fedbuff_service(tmp_path)
+    offers = {name: task(service, name) for name in ("alice", "bob", "carol")}
+    upload(service, "alice", A, offers["alice"])
+    upload(service, "bob", B, offers["bob"])
+    assert upload(service, "carol", C, offers["carol"]).json()["round"] == 2
+    # Execute / Assert: no task for carol while her update sits in buffer 2; one once alice's fills and steps it
+    assert task(service, "carol") is None
+    upload(service, "alice", D, task(service, "alice"))
+    again = task(service, "carol")
+    assert (again["round"], again["version"]) == (3, 2)
+
+
+def test_a_step_that_fails_to_store_is_retried_and_nothing_runs_ahead_of_the_store(tmp_path):
+    # Prepare: the canary evaluation fails while `broken` is set (version 0 is scored at start, before)
+    broken = []
+
+    def evaluator(vector):
+        if broken:
+            raise MemoryError("evaluation failed")
+        return 1.0
+
+    service = fedbuff_service(tmp_path, evaluator=evaluator)
+    offers = {name: task(service, name) for name in ("alice", "bob", "carol")}
+    upload(service, "alice", A, offers["alice"])
+    broken.append(True)
+    # Execute: bob fills the buffer; storing the step fails (and again at every tick while broken)
+    second = upload(service, "bob", B, offers["bob"])
+    # Assert: bob's update is kept; memory is the store's version 0; nothing is handed out or taken meanwhile
+    assert second.status_code == 200
+    coordinator = service.coordinator
+    assert coordinator.state.version == 0 and coordinator._pending_step is not None
+    with coordinator.store.session() as session:
+        assert db.latest_version(session).version == 0 and len(db.accepted_updates(session, 1)) == 2
+    assert task(service, "dave") is None
+    waiting = upload(service, "carol", C, offers["carol"])
+    assert (waiting.status_code, waiting.json()["error"]) == (503, "step_pending")
+    # Execute: the evaluation works again; the next tick stores the step
+    broken.clear()
+    coordinator.tick()
+    # Assert: version 1 is the mean of both, as without the failure; carol's update is taken now, one version late
+    np.testing.assert_allclose(coordinator.state.global_vector, INITIAL + (A + B) / 2, rtol=1e-6)
+    assert coordinator._pending_step is None
+    assert upload(service, "carol", C, offers["carol"]).json()["staleness"] == 1

@@ -44,9 +44,10 @@ def upload(coordinator, name, delta, offer):
 
 def stop(coordinator):
     """What a replica's death does to the database: its sessions (and the leader lock with them) go."""
-    if coordinator.leader is not None:
-        coordinator.leader.invalidate()
-        coordinator.leader = None
+    for held in (coordinator.leader, coordinator._asking):
+        if held is not None:
+            held.invalidate()
+    coordinator.leader = coordinator._asking = None
     coordinator.store.dispose()
 
 
@@ -162,3 +163,21 @@ def test_a_single_coordinator_is_unchanged_by_the_replica_module(tmp_path, postg
     with coordinator.store.session() as session:
         assert [v.version for v in session.scalars(select(db.VersionRow))] == [0]
     coordinator.store.dispose()
+
+
+def test_closing_a_round_that_is_no_longer_open_changes_nothing(pair):
+    # Prepare: round 1 closes normally
+    first, second, _ = pair
+    offers = {"alice": first.poll("alice", Traits()), "bob": second.poll("bob", Traits())}
+    upload(first, "alice", A, offers["alice"])
+    upload(second, "bob", B, offers["bob"])
+    first.tick()
+    # Execute: a replica that still thinks round 1 is due tries to close it again
+    began = second._begin_close(1)
+    second._finish_close(1, "stale view")
+    # Assert
+    assert began is False
+    with second.store.session() as session:
+        assert [(r.round, r.status) for r in session.scalars(select(db.RoundRow).order_by(db.RoundRow.round))] == [
+            (1, "closed"), (2, "open")]
+        assert db.latest_version(session).version == 1

@@ -11,6 +11,8 @@ from fedlm.config import ConfigError, apply_overrides, config_from_dict
 from fedlm.server.cluster_settings import check_cluster_combinations
 from fedlm.server.policy_settings import PolicySettings, check_policy_combinations
 from fedlm.sim.engine import sample_cohort, simulate
+from fedlm.sim.rundir import read_metrics
+from fedlm.sim.run import run_simulation
 from fedlm.sim.setup import prepare
 from fedlm.sim.virtual_clock import round_timing, slow_clients, task_seconds
 
@@ -100,3 +102,16 @@ def test_quorum_refuses_what_it_cannot_run_naming_the_settings(tables, problem):
         check_policy_combinations(config)
         check_cluster_combinations(config)
     assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_a_resumed_quorum_run_keeps_the_simulated_clock_of_the_rounds_it_ran(tmp_path):
+    # Prepare: 3 rounds straight, and 2 rounds then --resume to 3, on the same seed and clock
+    config = apply_overrides(BASE, {"policy": {**CLOCK, "kind": "quorum", "quorum": 3}})
+    run_simulation(config, tmp_path / "straight")
+    run_simulation(apply_overrides(config, {"federation": {"rounds": 2}}), tmp_path / "resumed")
+    # Execute
+    run_simulation(config, tmp_path / "resumed", resume=True)
+    # Assert: the third round's line has the same simulated time as the uninterrupted run's
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [r["sim_seconds"] for r in resumed] == [r["sim_seconds"] for r in straight]
+    assert [r["late"] for r in resumed] == [r["late"] for r in straight]

@@ -18,7 +18,11 @@ committed before the fold, a step (new version, buffer closed, next buffer opene
 transaction, and a coordinator started again re-folds the open buffer's updates in arrival
 order, so the same bytes give the same sum; a buffer found full is stepped at once. Tasks
 still out are handed the same offer again (a restarted client picks its task up) with a
-fresh deadline; a task past `scheduling.deadline_seconds` is failed and its slot freed.
+fresh deadline, unless they are already past `policy.max_staleness`; a task past
+`scheduling.deadline_seconds` is failed and its slot freed. A client has at most one update
+in a buffer. If storing a step fails (its evaluation, the database), memory goes back to what
+the store holds and the step is retried each tick; meanwhile no task is handed out and
+uploads get 503 `step_pending`.
 
 Per-round monitoring (sketches, drift alerts) reviews a synchronous cohort and is not run
 under FedBuff; the canary gate and the registry's evaluation run on every step as on every
@@ -29,7 +33,7 @@ round. DP and SecAgg are refused with FedBuff when the run config is loaded
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +45,7 @@ from fedlm.server.rounds import ServerState, UpdateRejected
 from fedlm.service import store as db
 from fedlm.service.blobs import CorruptBlob, Staged
 from fedlm.service.errors import Refused
-from fedlm.service.payloads import MalformedUpdate
+from fedlm.service.payloads import MalformedUpdate, decode_state
 from fedlm.service.scheduling import ineligibility
 
 log = logging.getLogger("fedlm.service")
@@ -61,6 +65,7 @@ class BufferedRounds:
     _commit_new_version, _read_plain and _lose_update."""
 
     buffer = None  # a fedlm.server.buffered.BufferedState under policy.kind = "fedbuff", else None
+    _pending_step = None  # a full buffer's step not stored yet (retried each tick); nothing is handed out meanwhile
 
     # ---- start-up --------------------------------------------------------------------
     def _recover_buffered(self, session: Any, state: ServerState) -> Aggregation | None:
@@ -72,8 +77,15 @@ class BufferedRounds:
             if state.rounds_done < self.run.federation.rounds:
                 self.buffer_row = self._open_buffer(session, state)
             return None
+        if self.buffer_row.stage != "buffer":
+            raise RuntimeError(f"the store's open round {self.buffer_row.round} is a synchronous round (stage "
+                               f"{self.buffer_row.stage!r}); policy.kind = 'fedbuff' cannot take it over: finish the "
+                               "run with the policy it started with, or start a new data_dir and database")
         stepped = None
         for update in db.accepted_updates(session, self.buffer_row.round):
+            if stepped is not None:
+                raise RuntimeError(f"the store's buffer {self.buffer_row.round} holds more than policy.buffer_size = "
+                                   f"{self.buffer.policy.buffer_size} updates; it cannot be replayed as it was folded")
             try:
                 vector = self._read_plain(self.blobs.verified_path(update.sha256), update.client_id, update.round,
                                           size=state.global_vector.size, clip_norm=state.clip_norm)
@@ -85,6 +97,10 @@ class BufferedRounds:
         now = self.clock()
         versions = {r.round: r.version for r in session.scalars(select(db.RoundRow))}
         for task in session.scalars(select(db.TaskRow).where(db.TaskRow.status == "assigned")):
+            if state.version - versions[task.round] > self.run.policy.max_staleness:  # it could no longer count
+                task.status = "failed"
+                db.audit(session, "task_ended", client_id=task.client_id, round=task.round, detail="too_stale")
+                continue
             self.outstanding[task.client_id] = OutTask(task.round, versions[task.round],
                                                        now + self.scheduling.deadline_seconds)
         detail = f"FedBuff buffer {self.buffer_row.round}: {self.buffer.buffered} updates re-folded, " \
@@ -111,8 +127,8 @@ class BufferedRounds:
             return held.round, held.version, held.deadline
         if self.buffer_row is None or self.finished:
             return None
-        if (client_id, self.buffer.version) in self.buffer.sources:
-            return None  # its update from this version is in the buffer: a second one would be refused
+        if self._pending_step is not None or any(c == client_id for c, _ in self.buffer.sources):
+            return None  # a step is being stored; or the client's update is in this buffer: one per buffer
         if len(self.outstanding) >= self.run.policy.concurrency:
             return None
         if ineligibility(self.available[client_id].traits, self.scheduling) is not None:
@@ -145,11 +161,18 @@ class BufferedRounds:
     # ---- uploads ---------------------------------------------------------------------
     def _check_buffered_task(self, client_id: str, round: int, version: int) -> OutTask:
         """The client's outstanding task this upload answers, or Refused saying why it answers none."""
+        if self._pending_step is not None:
+            raise Refused(503, "step_pending", "the server is storing its last step into a new version; retry shortly")
         task = self.outstanding.get(client_id)
         if task is not None and task.round == round:
             if version != task.version:
                 raise Refused(409, "wrong_version", f"the task of round {round} trains from version {task.version}, "
                               f"the update says {version}")
+            if self.buffer.version - task.version > self.run.policy.max_staleness:  # refused before the body is read
+                self._end_task(client_id, task, "failed", "too_stale")
+                raise Refused(409, "too_stale", f"the task of round {round} started from version {task.version}, "
+                              f"{self.buffer.version - task.version} versions behind the server's {self.buffer.version}: "
+                              f"past policy.max_staleness = {self.run.policy.max_staleness}")
             return task
         with self.store.session() as session:
             row = session.get(db.TaskRow, (round, client_id))
@@ -188,7 +211,7 @@ class BufferedRounds:
                                                      "sha256": sha, "staleness": staleness})
         receipt = {"accepted": True, "round": update.round, "sha256": sha, "size": staged.size, "staleness": staleness}
         if stepped is not None:
-            self._step(stepped)
+            self._try_step(stepped)  # the update is stored either way: the client hears it was accepted
         return receipt
 
     def _end_task(self, client_id: str, task: OutTask, status: str, why: str) -> None:
@@ -198,8 +221,22 @@ class BufferedRounds:
         self.outstanding.pop(client_id, None)
 
     # ---- steps -----------------------------------------------------------------------
+    def _try_step(self, aggregation: Aggregation) -> None:
+        """Store a step; if that fails (an evaluation or the database), put memory back to what the store holds,
+        keep the full buffer's step pending (no task is handed out, no upload taken: 503) and retry it each tick."""
+        try:
+            self._step(aggregation)
+        except Exception:
+            log.exception("storing the step into version %d failed; it is retried on the next tick", aggregation.version)
+            with self.store.session() as session:
+                latest = db.latest_version(session)
+                state = decode_state(self.blobs.read(latest.state_sha256))
+                self.state = replace(state, rounds_done=max(state.rounds_done, db.last_closed_round(session)))
+                self._pending_step = self._recover_buffered(session, self.state)
+
     def _step(self, aggregation: Aggregation) -> None:
-        """The buffer's step is stored as one version: evaluated, through the canary gate; the next buffer opens."""
+        """The buffer's step is stored as one version: evaluated, through the canary gate; the next buffer opens.
+        Memory follows only once the store has committed."""
         row, new_state = self.buffer_row, self.buffer.server
         metrics = {**step_metrics(aggregation), **self._evaluate(new_state.global_vector)}
         with self.store.session() as session:
@@ -211,13 +248,13 @@ class BufferedRounds:
             db.audit(session, "round_closed", round=row.round,
                      detail=f"buffer of {len(aggregation.clients)}, staleness {list(aggregation.staleness)}, "
                             f"v{aggregation.version}")
-            self.buffer.server = going_on  # a rollback goes on from production's copy; the buffer is empty
-            self.state = going_on
             finished = going_on.rounds_done >= self.run.federation.rounds
-            self.buffer_row = None if finished else self._open_buffer(session, going_on)
+            next_row = None if finished else self._open_buffer(session, going_on)
             if finished:  # the tasks still out can no longer count
                 for client, task in self.outstanding.items():
                     session.get(db.TaskRow, (task.round, client)).status = "failed"
+        self.buffer.server = going_on  # a rollback goes on from production's copy; the buffer is empty
+        self.state, self.buffer_row, self._pending_step = going_on, next_row, None
         if finished:
             self.outstanding.clear()
         log.info("round %d closed (buffer full): version %d from %d updates, staleness %s", row.round,

@@ -89,11 +89,10 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
         self._budget_memo: tuple[tuple[int, int], str | None] = ((-1, -1), None)
         self._unsampled_memo: tuple[int, float | None] = (-1, None)
         self._init_monitoring(initial_global.size)
-        self._pending_step = None  # FedBuff: a buffer found full on restart is stepped once the state is in place
         self.state, self.rnd, self.round_row = self._recover(initial_global)
         if self._pending_step is not None:
             with self.lock:
-                self._step(self._pending_step)
+                self._try_step(self._pending_step)
         if self._failed_on_replay is not None:  # a logged stage closing failed: the round ends as it would have
             with self.lock:
                 self._abandon(f"on restart: {self._failed_on_replay}")
@@ -118,6 +117,10 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
             row = db.open_round_row(session)
             if row is None:
                 return state, None, None
+            if row.stage == "buffer":
+                raise RuntimeError(f"the store's open round {row.round} is a FedBuff buffer; policy.kind = "
+                                   f"{self.run.policy.kind!r} cannot take it over: finish the run with the policy it "
+                                   "started with, or start a new data_dir and database")
             rnd = open_round(state, tuple(row.cohort), self.pipeline)
             if rnd.round != row.round:
                 raise RuntimeError(f"the store's open round {row.round} does not follow round {state.rounds_done}")
@@ -234,6 +237,8 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
         with self.lock:
             now = self.clock()
             if self.buffer is not None:
+                if self._pending_step is not None:
+                    self._try_step(self._pending_step)
                 self._expire_tasks(now)
                 return
             if self.rnd is not None and self.secure is not None:
@@ -313,6 +318,9 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
         except Refused as refusal:
             self.blobs.discard(staged)
             self._audit_refusal(client_id, round, staged, refusal)
+            raise
+        except BaseException:  # the database or the disk failed: the staged file goes (a published blob stays, unused)
+            self.blobs.discard(staged)
             raise
 
     def _read(self, staged: Staged, client_id: str, round: int) -> np.ndarray:

@@ -98,9 +98,17 @@ def lock_database(engine: Any, url: str, *, shared: bool = False) -> Any:
     return connection
 
 
-def try_lead(engine: Any) -> Any:
-    """Replicas: a connection holding the leader's advisory lock, or None while another replica holds it."""
-    return advisory_lock(engine, LEADER_KEY)
+def try_lead(engine: Any, connection: Any = None) -> tuple[Any, bool]:
+    """Replicas: ask for the leader's advisory lock on `connection` (a new detached one if None, kept by the caller
+    for the next ask); (that connection, whether it holds the lock now)."""
+    from sqlalchemy import text
+
+    if connection is None:
+        connection = engine.connect()
+        connection.detach()
+    held = bool(connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_KEY}).scalar())
+    connection.commit()
+    return connection, held
 
 
 def hold_instance(data_dir: Path, engine: Any, url: str, *, replica: bool = False) -> InstanceLock:

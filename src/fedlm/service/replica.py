@@ -61,6 +61,7 @@ class ReplicaCoordinator(Coordinator):
 
     def _recover(self, initial_global: np.ndarray) -> tuple[ServerState, None, None]:
         self.leader: Any = None  # the connection holding the leader lock, while this replica leads
+        self._asking: Any = None  # the session this replica asks for the leader lock on, kept between ticks
         self._noted: dict[str, float] = {}  # when this replica last wrote each client's presence
         self._read_at = -float("inf")
         with self.store.session() as session:
@@ -108,7 +109,15 @@ class ReplicaCoordinator(Coordinator):
 
     # ---- clients -----------------------------------------------------------------------
     def register(self, client_id: str, traits: Traits) -> None:
-        super().register(client_id, traits)
+        """The client's row, written once whichever replicas it registers at, even at the same time (an upsert)."""
+        now = self.clock()
+        new = insert(db.ClientRow).values(id=client_id, traits=dict(traits.__dict__), registered_at=now, last_round=0)
+        with self.store.session() as session:
+            created = session.execute(new.on_conflict_do_nothing(index_elements=[db.ClientRow.id])).rowcount
+            if created:
+                db.audit(session, "registered", client_id=client_id)
+            else:
+                session.get(db.ClientRow, client_id).traits = dict(traits.__dict__)
         self._note_presence(client_id, traits, force=True)
 
     def _note_presence(self, client_id: str, traits: Traits, *, force: bool = False) -> None:
@@ -117,8 +126,11 @@ class ReplicaCoordinator(Coordinator):
         if not force and now - self._noted.get(client_id, -float("inf")) < self.scheduling.availability_seconds / 4:
             return
         values = {"client_id": client_id, "last_seen": now, "traits": dict(traits.__dict__)}
-        upsert = insert(db.PresenceRow).values(**values).on_conflict_do_update(
-            index_elements=[db.PresenceRow.client_id], set_={"last_seen": now, "traits": values["traits"]})
+        statement = insert(db.PresenceRow).values(**values)
+        upsert = statement.on_conflict_do_update(  # a check-in written late never moves last_seen back
+            index_elements=[db.PresenceRow.client_id],
+            set_={"last_seen": func.greatest(db.PresenceRow.last_seen, statement.excluded.last_seen),
+                  "traits": statement.excluded.traits})
         with self.store.session() as session:
             session.execute(upsert)
         self._noted[client_id] = now
@@ -199,6 +211,9 @@ class ReplicaCoordinator(Coordinator):
             self.blobs.discard(staged)
             self._audit_refusal(client_id, round, staged, refusal)
             raise
+        except BaseException:  # the database or the disk failed: the staged file goes (a published blob stays, unused)
+            self.blobs.discard(staged)
+            raise
         log.info("accepted update round=%d client=%s size=%d sha256=%s", round, client_id, staged.size, sha,
                  extra={"client_id": client_id, "round": round, "size": staged.size, "sha256": sha})
         return {"accepted": True, "round": round, "sha256": sha, "size": staged.size}
@@ -215,8 +230,16 @@ class ReplicaCoordinator(Coordinator):
                 self.leader.invalidate()
                 self.leader = None
         if self.leader is None:
-            self.leader = try_lead(self.store.engine)
-            if self.leader is not None:
+            try:
+                self._asking, held = try_lead(self.store.engine, self._asking)
+            except Exception:  # the asking session is gone (the database restarted): the next tick asks on a new one
+                if self._asking is not None:
+                    self._asking.invalidate()
+                self._asking = None
+                raise
+            self.leader = self._asking if held else None
+            if held:
+                self._asking = None  # that session is the leader's now; the next ask (if it is lost) opens another
                 with self.store.session() as session:
                     db.audit(session, "replica_leads", detail="this replica opens and closes rounds now")
                 log.info("this replica leads the rounds now (it holds the leader lock)")
@@ -237,23 +260,33 @@ class ReplicaCoordinator(Coordinator):
             if row is not None and row.status == "closing":
                 self._finish_close(row.round, "closed by the previous leader")
             elif row is not None and (accepted >= row.target or now >= row.deadline):
-                self._begin_close(row.round)
-                self._finish_close(row.round, "target reached" if accepted >= row.target else "deadline")
+                if self._begin_close(row.round):
+                    self._finish_close(row.round, "target reached" if accepted >= row.target else "deadline")
             if self.open_round_number is None and not self.finished:
                 self._maybe_open(now)
                 self.rnd = self.round_row = self.watch = None  # uploads go to the database, not to this replica
 
-    def _begin_close(self, round: int) -> None:
-        """Take the round's row once every upload being accepted has committed, and mark it closing: final."""
+    def _begin_close(self, round: int) -> bool:
+        """Take the round's row once every upload being accepted has committed, and mark it closing: final. False
+        (nothing changed) if it is not open any more: another replica led meanwhile."""
         with self.store.session() as session:
             row = session.scalars(select(db.RoundRow).where(db.RoundRow.round == round).with_for_update()).one()
+            if row.status != "open":
+                log.warning("round %d is %s, not open: another replica closed it", round, row.status)
+                return False
             row.status = "closing"
+            return True
 
     def _finish_close(self, round: int, reason: str) -> None:
-        """Re-fold the closing round's accepted updates from their blobs and close it as a single coordinator does."""
+        """Re-fold the closing round's accepted updates from their blobs and close it as a single coordinator does;
+        nothing if the round is not the closing one that follows the latest version (another replica led)."""
         state = self._latest_state(force=True)
         with self.store.session() as session:
             row = session.get(db.RoundRow, round)
+            if row.status != "closing" or round != state.rounds_done + 1:
+                log.warning("round %d is %s after %d rounds done: not closing it here", round, row.status,
+                            state.rounds_done)
+                return
             rnd = open_round(state, tuple(row.cohort), self.pipeline)
             self._refold(session, rnd)
         self.state, self.rnd, self.round_row = state, rnd, row

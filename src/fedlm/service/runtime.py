@@ -7,6 +7,7 @@ update layout, exports and the canary gate's held-out evaluation; clients load t
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +63,9 @@ def build_runtime(settings: ServiceSettings) -> Runtime:
         if settings.registry.eval_data:
             evaluator = make_evaluator(parts, settings.path(settings.registry.eval_data),
                                        max_sequences=settings.registry.eval_max_sequences)
-        # each replica stages in its own folder (named by its port) of the shared blob store
-        blobs = BlobStore(settings.data_dir / "blobs", f"staging-{settings.server.port}" if replica else "staging")
+        # each replica stages in its own folder (named by its host and port) of the shared blob store
+        staging = f"staging-{socket.gethostname()}-{settings.server.port}" if replica else "staging"
+        blobs = BlobStore(settings.data_dir / "blobs", staging)
         blobs.clear_staging()  # only now: the lock says no other coordinator is mid-upload in this folder
         coordinator = (ReplicaCoordinator if replica else Coordinator)(
             store, blobs, run=run, pipeline=parts.pipeline, initial_global=parts.adapter.initial_shared,

@@ -173,6 +173,8 @@ class Connection:
                         raise ServerRefused(response.status_code, _json_or_empty(response))
                     return response
                 reason = f"HTTP {response.status_code} {_json_or_empty(response).get('error', '')}".rstrip()
+                if response.status_code >= 500:  # this replica cannot serve (its database, its disk): try another
+                    self.next_server()
             except httpx.TransportError as err:
                 problem = certificate_problem(err, self.settings)
                 if problem is not None:

@@ -200,7 +200,7 @@ def run_simulation(
         # the checkpoint (with the ledger) first: a crash after it loses only a metrics line,
         # never a released round that the ledger does not hold. fedbuff cannot resume (its buffer
         # and clients in flight are not saved), so it writes none.
-        if config.policy.kind == "sync" and not config.clusters.enabled:  # clusters: one checkpoint holds one global
+        if config.policy.kind != "fedbuff" and not config.clusters.enabled:  # clusters: one checkpoint holds one global
             save_checkpoint(out, state, private, sim.residuals, fingerprint=fingerprint)
         append_metrics(out, record)
         trackers.log_round(record)
