@@ -63,9 +63,9 @@ def pipeline_for(run: RunConfig):
 
 
 def make_coordinator(root, url, clock, run, *, evaluator=None, margin=0.0, over_selection=0.0, deadline=100.0,
-                     on_regression="hold"):
+                     on_regression="hold", blobs=None):
     return Coordinator(
-        Store(url), BlobStore(root / "blobs"), run=run, pipeline=pipeline_for(run), initial_global=INITIAL,
+        Store(url), BlobStore(root / "blobs") if blobs is None else blobs, run=run, pipeline=pipeline_for(run), initial_global=INITIAL,
         scheduling=SchedulingSection(over_selection=over_selection, deadline_seconds=deadline),
         registry=RegistrySection(canary_margin=margin, on_regression=on_regression), evaluator=evaluator, clock=clock, secagg=SecAggSection(),
     )

@@ -46,6 +46,16 @@ def population_of(settings: ServiceSettings, run: RunConfig) -> int:
     return population or run.federation.clients_per_round
 
 
+def make_blob_store(settings: ServiceSettings, staging: str) -> BlobStore:
+    """The data directory's blob store, or the object store server.blob_url names (with a local cache)."""
+    if not settings.server.blob_url:
+        return BlobStore(settings.data_dir / "blobs", staging)
+    from fedlm.service.object_blobs import ObjectBlobStore
+
+    return ObjectBlobStore(settings.data_dir / "blobs", settings.server.blob_url, endpoint=settings.server.blob_endpoint,
+                           staging=staging)
+
+
 def build_runtime(settings: ServiceSettings) -> Runtime:
     """The coordinator, once it holds its data directory and database (a second `fedlm serve` is refused first)."""
     from fedlm.assembly import assemble
@@ -65,7 +75,7 @@ def build_runtime(settings: ServiceSettings) -> Runtime:
                                        max_sequences=settings.registry.eval_max_sequences)
         # each replica stages in its own folder (named by its host and port) of the shared blob store
         staging = f"staging-{socket.gethostname()}-{settings.server.port}" if replica else "staging"
-        blobs = BlobStore(settings.data_dir / "blobs", staging)
+        blobs = make_blob_store(settings, staging)
         blobs.clear_staging()  # only now: the lock says no other coordinator is mid-upload in this folder
         coordinator = (ReplicaCoordinator if replica else Coordinator)(
             store, blobs, run=run, pipeline=parts.pipeline, initial_global=parts.adapter.initial_shared,

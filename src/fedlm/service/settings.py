@@ -44,6 +44,10 @@ class ServerSection:
     # serving one federation: any replica takes check-ins and uploads, the one holding the leader lock opens and
     # closes rounds (service.replica). Every replica's server.toml says so; each needs its own port (or host)
     replica: bool = False
+    # "" = blobs under data_dir/blobs on the filesystem (shared by replicas); "s3://bucket/prefix" = an S3-compatible
+    # object store (service.object_blobs, pip install 'fedlm[s3]'), data_dir/blobs then holding a verified local cache
+    blob_url: str = ""
+    blob_endpoint: str = ""  # the object store's endpoint URL when it is not AWS (e.g. "http://minio.internal:9000")
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, "server.port", "must be in [1, 65535]")
@@ -56,6 +60,9 @@ class ServerSection:
                 "must be >= server.read_timeout_seconds")
         require(self.max_staging_bytes >= self.max_upload_bytes, "server.max_staging_bytes",
                 "must be >= server.max_upload_bytes (room for at least one whole upload)")
+        require(not self.blob_url or (self.blob_url.startswith("s3://") and len(self.blob_url) > 5), "server.blob_url",
+                f"must be \"\" (the data directory) or s3://bucket[/prefix], got {self.blob_url!r}")
+        require(not self.blob_endpoint or bool(self.blob_url), "server.blob_endpoint", "applies with server.blob_url only")
         bad = [name for name in self.operators if not CLIENT_ID.fullmatch(name)]
         require(not bad, "server.operators", f"must be client ids (certificate CNs: 1-64 letters, digits, '.', '_', '-'), "
                 f"not {', '.join(map(repr, bad))}")
