@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from fedlm.cli.main import app
 from fedlm.config import ConfigError, RunConfig
-from fedlm.experiment.fleet import FleetSettings, make_fleet_settings, policy_configs, seconds_to
+from fedlm.experiment.fleet import policy_configs, seconds_to
+from fedlm.experiment.fleet_settings import FleetSettings, make_fleet_settings
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,19 @@ def test_two_data_directories_over_one_sqlite_file_are_refused(tmp_path):
     hold_instance(tmp_path / "b", store.engine, f"sqlite:///{database}").release()
 
 
+def test_a_second_data_directory_naming_the_first_ones_own_sqlite_file_is_refused(tmp_path):
+    # Prepare: the first coordinator's database is inside its data directory (the default)
+    database = tmp_path / "a" / "fedlm.db"
+    database.parent.mkdir()
+    store = Store(f"sqlite:///{database}")
+    held = hold_instance(tmp_path / "a", store.engine, f"sqlite:///{database}")
+    # Execute / Assert: a copy of the data directory with database_url pointing at the first one's file (red team 2c)
+    with pytest.raises(AlreadyServing, match="already serves the database"):
+        hold_instance(tmp_path / "copy", store.engine, f"sqlite:///{database}")
+    held.release()
+    store.dispose()
+
+
 def test_two_coordinators_on_one_postgres_database_are_refused(tmp_path, postgres_url):
     store = Store(postgres_url)
     held = hold_instance(tmp_path / "a", store.engine, postgres_url)

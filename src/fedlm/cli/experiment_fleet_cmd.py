@@ -12,7 +12,7 @@ from rich.markup import escape
 from fedlm.cli.experiment_cmd import app
 from fedlm.cli.simulate import collect_overrides
 from fedlm.config import ConfigError, apply_overrides
-from fedlm.experiment.fleet import QUICK_FLEET, QUICK_RUN, SECTION, FleetSettings, make_fleet_settings
+from fedlm.experiment.fleet_settings import QUICK_FLEET, QUICK_RUN, SECTION, FleetSettings, make_fleet_settings
 from fedlm.experiment.settings import load_files
 
 console = Console()

@@ -118,9 +118,11 @@ def hold_instance(data_dir: Path, engine: Any, url: str, *, replica: bool = Fals
     try:
         lock.files.append(lock_file(Path(data_dir) / LOCK_FILE, f"the data directory {data_dir}", shared=replica))
         if engine.dialect.name == "sqlite" and engine.url.database and engine.url.database != ":memory:":
+            # always beside the file, wherever it is: another coordinator with its own data_dir that names this
+            # database (even one inside this data_dir) must meet this lock
             database = Path(engine.url.database).resolve()
-            if database.parent != Path(data_dir).resolve():
-                lock.files.append(lock_file(database.with_name(database.name + "." + LOCK_FILE), f"the database {database}"))
+            lock.files.append(lock_file(database.with_name(database.name + "." + LOCK_FILE), f"the database {database}",
+                                        shared=replica))
         connection = lock_database(engine, url, shared=replica)
         if connection is not None:
             lock.connections.append(connection)
