@@ -26,6 +26,7 @@ vector for norm bounding), never one per buffered client.
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,15 +136,16 @@ def check_stale(state: BufferedState, update: Update) -> int:
     who, started = update.client_id, update.version
     if isinstance(started, bool) or not isinstance(started, INTEGERS) or started < 0:
         raise UpdateRejected(f"update from {who} names version {started!r}; expected an integer >= 0")
+    started = int(started)
     version = state.server.version
-    staleness = version - int(started)
+    staleness = version - started
     if staleness < 0:
         raise StaleUpdate(f"update from {who} started from version {started}, which the server (at version "
                           f"{version}) has not made")
     if staleness > state.policy.max_staleness:
         raise StaleUpdate(f"update from {who} started from version {started}, {staleness} versions behind the server's "
                           f"{version}: past policy.max_staleness = {state.policy.max_staleness}")
-    if (who, int(started)) in state.sources:
+    if (who, started) in state.sources:
         raise UpdateRejected(f"the buffer already holds an update from {who} started from version {started}")
     check_contents(update, state.pipeline, state.total.shape, state.server.clip_norm)  # reads, changes nothing
     return staleness
@@ -154,13 +156,14 @@ def accept_stale(state: BufferedState, update: Update) -> Aggregation | None:
     staleness = check_stale(state, update)
     pipeline = state.pipeline
     weight = client_weight(update.num_samples, pipeline.weighting, pipeline.max_weight)
-    vector = apply_ingress(pipeline, update.vector, state.scratch) if pipeline.ingress_steps else update.vector
+    vector = apply_ingress(pipeline, update.vector, state.scratch)
     fold(state.total, vector, weight * state.policy.weights_by_staleness[staleness])
-    state.weights.append(weight)
+    weights = state.weights
+    weights.append(weight)
     state.staleness.append(staleness)
     state.sources[(update.client_id, state.server.version - staleness)] = None  # a replay of the same pair is refused
     state.metrics.append(releasable_for(update.metrics, pipeline.privacy))
-    if state.buffered < state.policy.buffer_size:
+    if len(weights) < state.policy.buffer_size:
         return None
     return step_global(state)
 
@@ -176,9 +179,9 @@ def step_global(state: BufferedState) -> Aggregation:
     state.server = ServerState(server.version + 1, new_global, server.rounds_done + 1, opt_state, server.clip_norm,
                                server.ledger)
     outcome = Aggregation(
-        version=state.server.version, clients=tuple(c for c, _ in state.sources), staleness=tuple(state.staleness),
+        version=state.server.version, clients=tuple(map(itemgetter(0), state.sources)), staleness=tuple(state.staleness),
         weights=tuple(state.weights), metrics=tuple(state.metrics),
-        released_norm=float(np.linalg.norm(delta.astype(np.float64))),
+        released_norm=math.sqrt(float(np.dot(delta, delta))),  # one BLAS pass, no float64 copy of the delta
     )
     state.total.fill(0.0)
     state.weights, state.staleness, state.sources, state.metrics = [], [], {}, []
