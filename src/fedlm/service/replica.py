@@ -64,6 +64,10 @@ class ReplicaCoordinator(Coordinator):
         self._asking: Any = None  # the session this replica asks for the leader lock on, kept between ticks
         self._noted: dict[str, float] = {}  # when this replica last wrote each client's presence
         self._read_at = -float("inf")
+        self._registered: set[str] = set()  # clients seen registered (a registration is never taken back)
+        self._global_shas: dict[int, str] = {}  # a version's global never changes
+        self._open: db.RoundRow | None = None  # the open or closing round's row, as read at _open_read_at
+        self._open_read_at = -float("inf")
         with self.store.session() as session:
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INIT_KEY})
             if db.latest_version(session) is None:
@@ -87,11 +91,25 @@ class ReplicaCoordinator(Coordinator):
         return session.scalars(select(db.RoundRow).where(db.RoundRow.status.in_(statuses))
                                .order_by(db.RoundRow.round.desc()).limit(1)).first()
 
+    def _open_row(self, *, force: bool = False) -> db.RoundRow | None:
+        """The open or closing round's row (detached), re-read at most every STATE_SECONDS (the tick forces a read):
+        a thousand clients polling would otherwise each read it. A task offered from a row a moment old, as its round
+        starts closing, is refused on upload (round_not_open) as a late update is."""
+        if force or time.monotonic() - self._open_read_at >= STATE_SECONDS:
+            with self.store.session() as session:
+                self._open = self._round_row(session, statuses=("open", "closing"))
+            self._open_read_at = time.monotonic()
+        return self._open
+
     @property
     def open_round_number(self) -> int | None:
-        with self.store.session() as session:
-            row = self._round_row(session, statuses=("open", "closing"))
+        row = self._open_row()
         return None if row is None else row.round
+
+    def global_sha(self, version: int) -> str:
+        if version not in self._global_shas:
+            self._global_shas[version] = super().global_sha(version)
+        return self._global_shas[version]
 
     @property
     def finished(self) -> bool:
@@ -137,14 +155,18 @@ class ReplicaCoordinator(Coordinator):
 
     def poll(self, client_id: str, traits: Traits) -> TaskOffer | None:
         """Check in: the client's task in the open round, or None. The leader's clock runs in the tick loop only."""
-        with self.store.session() as session:
-            if session.get(db.ClientRow, client_id) is None:
-                raise Refused(404, "not_registered", f"client {client_id} must POST /v1/clients/register first")
+        if client_id not in self._registered:
+            with self.store.session() as session:
+                if session.get(db.ClientRow, client_id) is None:
+                    raise Refused(404, "not_registered", f"client {client_id} must POST /v1/clients/register first")
+            self._registered.add(client_id)
         self._note_presence(client_id, traits)
+        row = self._open_row()
+        if row is None or row.status != "open":
+            return None
         with self.store.session() as session:
-            row = self._round_row(session)
-            task = None if row is None else session.get(db.TaskRow, (row.round, client_id))
-        if row is None or task is None or task.status != "assigned":
+            task = session.get(db.TaskRow, (row.round, client_id))
+        if task is None or task.status != "assigned":
             return None
         return TaskOffer(row.round, row.version, client_id, self._clip_norm_of(row.version), row.deadline,
                          self.global_sha(row.version), row.stage)
@@ -249,6 +271,7 @@ class ReplicaCoordinator(Coordinator):
         """Every replica: the latest version. The leader: close a round that is due, then open the next one."""
         with self.lock:
             self._latest_state(force=True)
+            self._open_row(force=True)
             if not self._leads():
                 return
             now = self.clock()
@@ -262,9 +285,10 @@ class ReplicaCoordinator(Coordinator):
             elif row is not None and (accepted >= row.target or now >= row.deadline):
                 if self._begin_close(row.round):
                     self._finish_close(row.round, "target reached" if accepted >= row.target else "deadline")
-            if self.open_round_number is None and not self.finished:
+            if self._open_row(force=True) is None and not self.finished:
                 self._maybe_open(now)
                 self.rnd = self.round_row = self.watch = None  # uploads go to the database, not to this replica
+                self._open_read_at = -float("inf")  # the round just opened is read on the next poll
 
     def _begin_close(self, round: int) -> bool:
         """Take the round's row once every upload being accepted has committed, and mark it closing: final. False
@@ -292,4 +316,4 @@ class ReplicaCoordinator(Coordinator):
         self.state, self.rnd, self.round_row = state, rnd, row
         self._close(reason)
         self.rnd = self.round_row = None
-        self._read_at = -float("inf")
+        self._read_at = self._open_read_at = -float("inf")
