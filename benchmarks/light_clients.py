@@ -8,7 +8,8 @@ retries them (transport errors, 5xx, 408, 429; capped exponential backoff with f
 and every retry is counted by cause and route. The body streams in 64 KiB pieces with its
 Content-Length, so the generator never holds a whole encrypted body per connection.
 The downloaded global's length is checked; its SHA-256 is left to real clients, so the
-generator's CPU goes to making load.
+generator's CPU goes to making load. With several servers (replicas), client i talks to
+server i mod n only, and its accepted uploads and their latencies are also counted per server.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Tally:
     refused: Counter = field(default_factory=Counter)  # 4xx answers that ended a request
     accepted: Counter = field(default_factory=Counter)  # round -> updates accepted
     round_end: dict[int, float] = field(default_factory=dict)  # round -> when its last accepted upload returned
+    accepted_at: Counter = field(default_factory=Counter)  # server port -> updates accepted there
+    upload_s_at: dict[int, list[float]] = field(default_factory=dict)  # server port -> its upload latencies
     failures: list[str] = field(default_factory=list)  # clients that stopped on an error
 
 
@@ -60,8 +63,8 @@ def error_code(response: Any) -> str:
 class LightClient:
     """One client's connection; `request` retries like service.transport.Connection and returns any other answer."""
 
-    def __init__(self, http: Any, tally: Tally, give_up_after: float = 300.0) -> None:
-        self.http, self.tally, self.give_up_after = http, tally, give_up_after
+    def __init__(self, http: Any, tally: Tally, give_up_after: float = 300.0, server: int = 0) -> None:
+        self.http, self.tally, self.give_up_after, self.server = http, tally, give_up_after, server
         self.delay = backoff_delays(0.2, 5.0, random.Random())
 
     async def request(self, method: str, path: str, *, content: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
@@ -97,8 +100,10 @@ async def upload(client: LightClient, task: dict[str, Any], body: bytes) -> None
         headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(body)),
                  "X-Fedlm-Metrics": json.dumps({"bytes_up": float(len(body))})})
     tally.upload_s.append(time.perf_counter() - started)
+    tally.upload_s_at.setdefault(client.server, []).append(tally.upload_s[-1])
     if response.status_code == 200:
         tally.accepted[task["round"]] += 1
+        tally.accepted_at[client.server] += 1
         tally.round_end[task["round"]] = max(tally.round_end.get(task["round"], 0.0), time.perf_counter())
         return
     code = error_code(response)
@@ -137,24 +142,26 @@ async def take_part(client: LightClient, body: bytes, global_bytes: int,
         done = task["round"]
 
 
-async def run_clients(root: Path, port: int, names: list[str], body: bytes, *, global_bytes: int, timeout: float,
-                      hold: Callable[[], Awaitable[None]] | None = None) -> tuple[Tally, float, bool]:
-    """Every client's take_part at once; (tally, start time, whether all finished within `timeout`)."""
+async def run_clients(root: Path, ports: list[int], names: list[str], body: bytes, *, global_bytes: int,
+                      timeout: float, hold: Callable[[], Awaitable[None]] | None = None) -> tuple[Tally, float, bool]:
+    """Every client's take_part at once, client i at ports[i % len(ports)]; (tally, start time, whether all finished
+    within `timeout`)."""
     import httpx
 
     tally = Tally()
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    servers = [ports[i % len(ports)] for i in range(len(names))]
     sessions = [httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=client_context(root, n), limits=limits,
-                                  timeout=httpx.Timeout(600.0)) for n in names]
+                                  timeout=httpx.Timeout(600.0)) for n, port in zip(names, servers, strict=True)]
 
-    async def one(session: Any) -> None:
+    async def one(session: Any, server: int) -> None:
         try:
-            await take_part(LightClient(session, tally), body, global_bytes, hold)
+            await take_part(LightClient(session, tally, server=server), body, global_bytes, hold)
         except Exception as err:  # noqa: BLE001 - counted and reported: a client's stop is a finding, not a crash
             tally.failures.append(f"{type(err).__name__}: {err}"[:300])
 
     started = time.perf_counter()
-    jobs = [asyncio.ensure_future(one(s)) for s in sessions]
+    jobs = [asyncio.ensure_future(one(s, port)) for s, port in zip(sessions, servers, strict=True)]
     _, pending = await asyncio.wait(jobs, timeout=timeout)
     for job in pending:
         job.cancel()

@@ -9,6 +9,10 @@ text. The event loop's thread (the main thread under uvicorn) and the worker thr
 parked in `select` or on its work queue is idle; one on `with self.lock` in the coordinator
 is waiting for the coordinator's lock.
 
+A sample filed under the database is also filed under the fedlm functions that asked for it
+(the outermost and the innermost frame of fedlm.service, "poll > _round_row"), so the
+database's share splits by route and query.
+
 Sampling takes the GIL, so it slows the server a little (a few per cent at 20 ms); the
 figures are shares of samples, comparable between configurations of the same run.
 
@@ -30,6 +34,9 @@ from pathlib import Path
 from types import FrameType
 
 LOCK_WAIT = "coordinator lock wait"
+DATABASE = "database (SQLAlchemy + driver)"
+POOL_WAIT = "database connection wait"
+POOL_QUEUE = "sqlalchemy/util/queue.py"
 # (category, file path contains, function name or "" for any, line text contains or "" for any); first match wins
 RULES: tuple[tuple[str, str, str, str], ...] = (
     ("idle", "selectors.py", "select", ""),
@@ -40,9 +47,9 @@ RULES: tuple[tuple[str, str, str, str], ...] = (
     ("blob fsync + rename", "fedlm/service/blobs.py", "commit", ""),
     ("body -> staging file (hash, write)", "fedlm/service/blobs.py", "receive", ""),
     ("global download: hash check", "fedlm/service/blobs.py", "verified_path", ""),
-    ("database (SQLAlchemy + driver)", "sqlalchemy/", "", ""),
-    ("database (SQLAlchemy + driver)", "/sqlite3/", "", ""),
-    ("database (SQLAlchemy + driver)", "psycopg", "", ""),
+    (DATABASE, "sqlalchemy/", "", ""),
+    (DATABASE, "/sqlite3/", "", ""),
+    (DATABASE, "psycopg", "", ""),
     ("TLS (ssl, sslproto)", "asyncio/sslproto.py", "", ""),
     ("TLS (ssl, sslproto)", "/ssl.py", "", ""),
     ("certificate check (x509)", "fedlm/service/certs.py", "", ""),
@@ -71,16 +78,53 @@ RULES: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+# work done anywhere below these functions is theirs, whatever the innermost frame (a thread waiting is still waiting)
+WHOLE_STACK: tuple[tuple[str, str, str], ...] = (
+    ("round close: re-fold from blobs", "fedlm/service/coordinator.py", "_refold"),
+    ("round close: new version, rows", "fedlm/service/coordinator.py", "_close"),
+)
+WAITING = ("idle", LOCK_WAIT, POOL_WAIT)
+
+
 def category_of(frame: FrameType | None) -> str:
-    """The first rule matching a frame of the stack, innermost first; 'other' if none does."""
+    """What a stack is doing: a WHOLE_STACK function on it, unless the thread waits; otherwise the first rule matching
+    a frame, innermost first ('other' if none does). A thread waiting on SQLAlchemy's pool queue (every connection
+    checked out) is waiting for a database connection, not idle."""
+    innermost = rule_of(frame)
+    if innermost not in WAITING:
+        outer = frame
+        while outer is not None:
+            for name, path, function in WHOLE_STACK:
+                if path in outer.f_code.co_filename and outer.f_code.co_name == function:
+                    return name
+            outer = outer.f_back
+    return innermost
+
+
+def rule_of(frame: FrameType | None) -> str:
+    """The first RULES entry matching a frame of the stack, innermost first; 'other' if none does."""
     while frame is not None:
         code = frame.f_code
         for name, path, function, text in RULES:
             if path in code.co_filename and (not function or function == code.co_name) and (
-                    not text or text in linecache.getline(code.co_filename, frame.f_lineno)):
+                    not text or text in linecache.getline(code.co_filename, frame.f_lineno or 0)):  # None at times
+                if name == "idle" and frame.f_back is not None and POOL_QUEUE in frame.f_back.f_code.co_filename:
+                    return POOL_WAIT
                 return name
         frame = frame.f_back
     return "other"
+
+
+def fedlm_callers(frame: FrameType | None) -> str:
+    """The outermost and the innermost fedlm.service function on a stack ("poll > _round_row"); "?" if none."""
+    names = []
+    while frame is not None:
+        if "fedlm/service/" in frame.f_code.co_filename:
+            names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    if not names:
+        return "?"
+    return names[0] if len(names) == 1 else f"{names[-1]} > {names[0]}"
 
 
 class StackSampler:
@@ -89,7 +133,7 @@ class StackSampler:
     after `Server.run` would run)."""
 
     def __init__(self, save_to: Path, interval: float = 0.02, save_every: float = 1.0) -> None:
-        self.interval, self.counts, self.samples = interval, Counter(), Counter()
+        self.interval, self.counts, self.samples, self.database = interval, Counter(), Counter(), Counter()
         self.save_to, self.save_every = save_to, save_every
         self.lock: TimedLock | None = None  # its figures are saved with the samples
         self._stop = threading.Event()
@@ -111,28 +155,34 @@ class StackSampler:
             for ident, frame in sys._current_frames().items():
                 if ident == me:
                     continue
-                role = "event loop" if ident == main else "worker threads"
-                self.counts[role, category_of(frame)] += 1
+                role, category = "event loop" if ident == main else "worker threads", category_of(frame)
+                self.counts[role, category] += 1
                 self.samples[role] += 1
+                if category == DATABASE:
+                    self.database[fedlm_callers(frame)] += 1
 
     def save(self) -> None:
         staged = self.save_to.with_suffix(".new")
-        figures = {**self.shares(), **({"lock": self.lock.figures()} if self.lock is not None else {})}
+        total = max(sum(self.database.values()), 1)
+        figures = {**self.shares(), **({"lock": self.lock.figures()} if self.lock is not None else {}),
+                   "database_by_caller": {c: n / total for c, n in self.database.most_common(8)}}
         staged.write_text(json.dumps(figures))
         staged.replace(self.save_to)
 
     def shares(self) -> dict[str, dict[str, float]]:
         """Per role: each category's share of the role's working samples (neither idle nor waiting for the
-        coordinator's lock), `busy` (working threads per tick: for the event loop, the share of time it worked) and
-        `lock_wait` (threads waiting for the coordinator's lock per tick)."""
+        coordinator's lock or a database connection), `busy` (working threads per tick: for the event loop, the share
+        of time it worked), `lock_wait` and `pool_wait` (threads waiting for the coordinator's lock, for a database
+        connection from the engine's pool, per tick)."""
         ticks = max(self.samples["event loop"], 1)
         out: dict[str, dict[str, float]] = {}
         for role in ("event loop", "worker threads"):
-            working = {c: n for (r, c), n in self.counts.items() if r == role and c not in ("idle", LOCK_WAIT)}
+            working = {c: n for (r, c), n in self.counts.items() if r == role and c not in ("idle", LOCK_WAIT, POOL_WAIT)}
             total = sum(working.values())
             out[role] = {c: n / total for c, n in sorted(working.items(), key=lambda kv: -kv[1])} if total else {}
             out[role]["busy"] = total / ticks
             out[role]["lock_wait"] = self.counts[role, LOCK_WAIT] / ticks
+            out[role]["pool_wait"] = self.counts[role, POOL_WAIT] / ticks
         return out
 
 

@@ -7,7 +7,10 @@ its peak memory is the process's own (`VmHWM` in /proc/PID/status). Two kinds of
 - the coordinator as `fedlm serve` builds it (`service.runtime.build_runtime`: server.toml's
   settings, `[limits]` as they are, the instance lock, request limits, the tick), with one
   change: the model assembly is replaced by a zero vector of the benchmark's update size and
-  the pipeline built for that layout, so no model loads and the update size is free;
+  the pipeline built for that layout, so no model loads and the update size is free; with
+  `replica` in the spec, one of several such processes over one PostgreSQL database and one
+  data directory (server.replica = true, service.replica), started one after the other so
+  that the first one leads the rounds;
 - bare ASGI apps under the same uvicorn, the same mutual TLS and the same protocol class:
   `discard_app` reads a body and throws it away; `BareProtocol` answers the light clients'
   whole protocol (register, poll, download, upload) from memory, counting uploads into
@@ -74,11 +77,47 @@ def status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # guest time is counted in user
+
+
+def database_cpu_seconds() -> float | None:
+    """CPU seconds of every PostgreSQL process on this machine (user + system), the backends that exited included
+    (the postmaster's reaped children); None where none is visible. Other users of the same server count too."""
+    total, seen = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except OSError:  # the process ended while listed
+            continue
+        if head.endswith("(postgres"):
+            fields = tail.split()
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            seen = True
+    return total if seen else None
+
+
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """CPU seconds (user + system) of a process (its exited threads included) or of one of its threads."""
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def error_lines(log: str) -> list[str]:
+    """A server log's ERROR lines and whole tracebacks, each with the line before it (what printed it: "Exception in
+    thread", "Exception ignored in", a logged error); the server logs ids, sizes and hashes only."""
+    lines, kept, inside = log.splitlines(), set(), False
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            kept.add(max(i - 1, 0))
+            inside = True
+        if inside or "ERROR" in line or "Error:" in line:
+            kept.add(i)
+        inside = inside and line.startswith((" ", "Traceback"))  # the exception's own line ends the traceback
+    return [lines[i] for i in sorted(kept)]
 
 
 class ServerProcess:
@@ -112,6 +151,28 @@ class ServerProcess:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    def wait_logged(self, text: str, timeout: float = 60.0) -> None:
+        """Until the server's log holds `text` (a replica: "leads the rounds now")."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_path.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not log {text!r}: {self.log_tail()}")
+            time.sleep(0.1)
+
+    def logged(self, text: str) -> int:
+        """How many of the log's lines contain `text`."""
+        return sum(text in line for line in self.log_path.read_text(errors="replace").splitlines())
+
+    def staging(self) -> Path | None:
+        """The coordinator's staging folder (a replica's own one, made before it answers), None for a bare server."""
+        if self.spec["kind"] != "service":
+            return None
+        blobs = self.root / self.spec["data_dir"] / "blobs"
+        if not self.spec.get("replica"):
+            return blobs / "staging"
+        named = sorted(blobs.glob(f"staging-*-{self.spec['port']}"))  # service.runtime names it by host and port
+        return named[0] if len(named) == 1 else None
 
     def rss_kib(self) -> int:
         return status_kib(self.pid, "VmRSS")
@@ -147,9 +208,25 @@ class ServerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def errors(self) -> list[str]:
-        """The log's ERROR lines and tracebacks (the server logs ids, sizes and hashes only)."""
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return [line for line in text if "ERROR" in line or "Traceback" in line or "Error:" in line]
+        return error_lines(self.log_path.read_text(errors="replace"))
+
+
+LEADS = "leads the rounds now"  # a replica's log line once it holds the leader lock (service.replica)
+
+
+def start_servers(script: str, specs: list[dict[str, Any]], root: Path, health_as: str) -> list[ServerProcess]:
+    """Each spec's server, one after the other; a replica only once the first one leads, so the first one does."""
+    servers: list[ServerProcess] = []
+    try:
+        for spec in specs:
+            servers.append(ServerProcess(script, spec, root, health_as))
+            if spec.get("replica") and len(servers) == 1:
+                servers[0].wait_logged(LEADS)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
 
 
 # ---- servers (run inside the server process) ---------------------------------------------------------------
@@ -180,6 +257,8 @@ def coordinator_runtime(spec: dict[str, Any]) -> Any:
               "max_upload_bytes": spec["max_upload_bytes"], "max_staging_bytes": spec["max_staging_bytes"]}
     if spec.get("database_url"):
         server["database_url"] = spec["database_url"]
+    if spec.get("replica"):
+        server["replica"] = True
     settings = settings_from_dict({"server": server, "scheduling": {"deadline_seconds": spec["deadline_seconds"]}}, root=root)
     fedlm.assembly.assemble = stub_assembly(spec["size"])
     return build_runtime(settings)

@@ -10,12 +10,21 @@ What it measures
     assembly replaced by a zero vector of the update size (benchmarks/service_harness.py);
     federation.clients_per_round = --clients, so a round closes when every client's update
     is in, and a large deadline and staging space. One replica on SQLite, one on PostgreSQL
-    (a scratch database on --postgres-url, dropped afterwards), and the baseline below, in
-    one run. Reported per configuration: rounds completed, accepted uploads/s (over the whole
-    run, polls and downloads included), p50/p99 latency of uploads and of task polls, wall
-    seconds per round, the server process's peak RSS (VmHWM), and where the server's time
-    went (benchmarks/server_profile.py: a sampling profile taken inside the server process, and
-    the coordinator's lock timed), and the server's CPU seconds per accepted upload.
+    (a scratch database on --postgres-url, dropped afterwards), two replicas on PostgreSQL, and
+    the baseline below, in one run. Reported per configuration: rounds completed, accepted
+    uploads/s (over the whole run, polls and downloads included), p50/p99 latency of uploads
+    and of task polls, wall seconds per round, each server process's peak RSS (VmHWM), and
+    where the server's time went (benchmarks/server_profile.py: a sampling profile taken
+    inside the server process, and the coordinator's lock timed), the servers' CPU seconds per
+    accepted upload and, on PostgreSQL, the database's (every postgres process on the machine).
+
+Replicas (--database replicas, --replicas N)
+    N coordinators built the same way with server.replica = true (service.replica), each its
+    own process and port, over one scratch PostgreSQL database and one data directory; the
+    first is started alone until it holds the leader lock, so it opens and closes the rounds.
+    Client i talks to replica i mod N only (it is not given the other URLs: nothing fails
+    over here), so the clients split evenly; uploads accepted, their latencies, CPU, peak RSS
+    and the profile are also reported per replica, with the rounds each one closed.
 
 The baseline
     A bare ASGI app under the same uvicorn with the same mutual TLS and protocol class that
@@ -27,7 +36,8 @@ Bounded memory (--memory)
     Every client holds a task and the global, then all upload a ~2 MB update at once; the
     server's RSS before the uploads and its peak during them (VmHWM, reset just before) are
     set against the 2 GB a server holding every body in memory would need, and the most
-    uploads seen in the staging folder at once shows they were all in flight together.
+    uploads seen in the staging folder at once shows they were all in flight together. One
+    server per configuration: the replicas row is not run.
 
 The machine
     The load generator (one asyncio process, one httpx client and TLS connection per client,
@@ -36,8 +46,10 @@ The machine
     holds a socket; the server's process inherits the raised limit) and prints both.
 
 How to run
-    python benchmarks/service_load.py                      # 1,000 clients x 1.8 MB x 3 rounds, sqlite + postgres + baseline
+    python benchmarks/service_load.py                      # 1,000 clients x 1.8 MB x 3 rounds: baseline, sqlite,
+                                                           # postgres, 2 replicas on postgres
     python benchmarks/service_load.py --clients 100 --rounds 2 --mb 0.5 --database sqlite
+    python benchmarks/service_load.py --database replicas --replicas 3
     python benchmarks/service_load.py --memory             # 1,000 concurrent 2 MB uploads, peak RSS
     python benchmarks/service_load.py --json               # one JSON object on stdout
 """
@@ -50,7 +62,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,31 +70,14 @@ import numpy as np
 
 from light_clients import Tally, run_clients
 from service_harness import (
-    BareProtocol, ServerProcess, client_context, coordinator_runtime, drop_postgres, free_port, make_certificates,
-    raise_open_files_limit, serve_forever, status_kib, uses_postgres_at,
+    LEADS, BareProtocol, ServerProcess, client_context, coordinator_runtime, drop_postgres, free_port, make_certificates,
+    raise_open_files_limit, serve_forever, start_servers, uses_postgres_at,
 )
+from service_meters import Usage, Watcher, round_timeline
 from service_load_report import print_load, print_memory
 
 PROFILE_SAVED_EVERY = 1.0  # seconds (server_profile.StackSampler's save_every)
 POSTGRES_URL = os.environ.get("FEDLM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-class Watcher(threading.Thread):
-    """From the generator's side, every 50 ms: the server's RSS and the uploads in its staging folder."""
-
-    def __init__(self, pid: int, staging: Path | None) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.staging, self.stopped = pid, staging, threading.Event()
-        self.max_rss_kib, self.max_staging = 0, 0
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.05):
-            try:
-                self.max_rss_kib = max(self.max_rss_kib, status_kib(self.pid, "VmRSS"))
-                if self.staging is not None and self.staging.is_dir():
-                    self.max_staging = max(self.max_staging, len(os.listdir(self.staging)))
-            except (OSError, KeyError):
-                return
 
 
 def percentile_ms(seconds: list[float], q: float) -> float | None:
@@ -108,45 +102,69 @@ def figures(tally: Tally, started: float, *, clients: int, rounds: int, finished
     }
 
 
-def server_spec(kind: str, root: Path, args: argparse.Namespace, *, size: int, database_url: str = "") -> dict[str, Any]:
-    body_bytes = size * 4 + 64
-    return {"kind": kind, "root": str(root), "port": free_port(), "size": size, "clients": args.clients,
-            "rounds": args.rounds, "data_dir": f"state-{kind}-{database_url.split(':')[0] or 'sqlite'}",
-            "database_url": database_url, "deadline_seconds": 3600.0,
-            "max_upload_bytes": max(8 * body_bytes, 1024), "max_staging_bytes": max(2 * args.clients * body_bytes, 2**30),
-            "profile": str(root / f"profile-{kind}-{database_url.split(':')[0] or 'sqlite'}.json")}
+def server_specs(kind: str, root: Path, args: argparse.Namespace, *, size: int, database_url: str = "") -> list[dict[str, Any]]:
+    """A configuration's servers: one, or (kind "replicas") --replicas of them on one database and one data directory."""
+    body_bytes, store = size * 4 + 64, database_url.split(":")[0] or "sqlite"
+    ports: list[int] = []
+    while len(ports) < (args.replicas if kind == "replicas" else 1):
+        ports += [port for port in [free_port()] if port not in ports]
+    return [{"kind": "bare" if kind == "bare" else "service", "replica": kind == "replicas", "root": str(root),
+             "port": port, "size": size, "clients": args.clients, "rounds": args.rounds,
+             "data_dir": f"state-{kind}-{store}", "database_url": database_url, "deadline_seconds": 3600.0,
+             "max_upload_bytes": max(8 * body_bytes, 1024), "max_staging_bytes": max(2 * args.clients * body_bytes, 2**30),
+             "profile": str(root / f"profile-{kind}-{store}-{port}.json")} for port in ports]
 
 
-def measure(label: str, spec: dict[str, Any], root: Path, names: list[str], body: bytes, args: argparse.Namespace,
+def role_of(server: ServerProcess) -> str:
+    if not server.spec.get("replica"):
+        return server.spec["kind"]
+    return "leader" if server.logged(LEADS) else "follower"
+
+
+def server_figures(server: ServerProcess, watcher: Watcher, cpu: tuple[float, float], tally: Tally) -> dict[str, Any]:
+    """One server process's own figures: its clients' uploads, its CPU (`cpu`: over the run), memory, log and profile."""
+    port = server.spec["port"]
+    profile = Path(server.spec["profile"])
+    return {"port": port, "role": role_of(server), "cpu_seconds": cpu[0], "event_loop_cpu_seconds": cpu[1],
+            "peak_rss_mb": server.peak_kib() / 1024,
+            "max_uploads_in_staging": watcher.max_staging if watcher.staging else None, "watcher_ended_by": watcher.ended_by,
+            "accepted": tally.accepted_at[port], "upload_p50_ms": percentile_ms(tally.upload_s_at.get(port, []), 50),
+            "upload_p99_ms": percentile_ms(tally.upload_s_at.get(port, []), 99),
+            "accepted_logged": server.logged("accepted update round="), "rounds_closed": server.logged(" closed ("),
+            "profile": json.loads(profile.read_text()) if profile.is_file() else None}
+
+
+def measure(label: str, specs: list[dict[str, Any]], root: Path, names: list[str], body: bytes, args: argparse.Namespace,
             global_bytes: int) -> dict[str, Any]:
-    """One configuration: start its server, run every client through the rounds, measure, stop it."""
-    server = ServerProcess(__file__, spec, root, names[0])
-    staging = root / spec["data_dir"] / "blobs" / "staging" if spec["kind"] == "service" else None
-    watcher = Watcher(server.pid, staging)
-    watcher.start()
+    """One configuration: start its server(s), run every client through the rounds, measure, stop them."""
+    servers = start_servers(__file__, specs, root, names[0])
+    watchers = [Watcher(server.pid, server.staging()) for server in servers]
+    for watcher in watchers:
+        watcher.start()
     try:
-        cpu_before, own_before, wall_before = server.cpu(), time.process_time(), time.perf_counter()
-        tally, started, finished = asyncio.run(run_clients(root, spec["port"], names, body, global_bytes=global_bytes,
-                                                           timeout=args.timeout))
-        wall = time.perf_counter() - wall_before
-        cpu_after, own = server.cpu(), time.process_time() - own_before
+        usage = Usage(servers, database=bool(specs[0]["database_url"]))
+        tally, started, finished = asyncio.run(run_clients(root, [s["port"] for s in specs], names, body,
+                                                           global_bytes=global_bytes, timeout=args.timeout))
+        usage.stop()
         result = figures(tally, started, clients=args.clients, rounds=args.rounds, finished=finished)
-        server_cpu, loop_cpu = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
-        result["cores_used"] = {"server": server_cpu / wall, "server_event_loop": loop_cpu / wall,
-                                "load_generator": own / wall, "wall_seconds": wall}
-        per = max(result["accepted"], 1)  # server CPU per client-round: its poll(s), download and upload
-        result["server_cpu_ms_per_upload"] = {"all": 1000 * server_cpu / per, "event_loop": 1000 * loop_cpu / per,
-                                              "other_threads": 1000 * (server_cpu - loop_cpu) / per}
-        result["server_rounds_done"] = rounds_done(root, spec["port"], names[0]) if spec["kind"] == "service" else None
-        result["peak_rss_mb"] = server.peak_kib() / 1024
-        result["max_uploads_in_staging"] = watcher.max_staging if staging else None
-        time.sleep(PROFILE_SAVED_EVERY + 0.5)  # the server's last profile save covers the whole run
+        result["cores_used"], result["server_cpu_ms_per_upload"] = usage.cores(), usage.ms_per(result["accepted"])
+        service = specs[0]["kind"] == "service"
+        result["server_rounds_done"] = rounds_done(root, specs[-1]["port"], names[0]) if service else None
+        time.sleep(PROFILE_SAVED_EVERY + 0.5)  # the servers' last profile saves cover the whole run
+        each = [server_figures(s, w, c, tally) for s, w, c in zip(servers, watchers, usage.each, strict=True)]
     finally:
-        watcher.stopped.set()
-        server.stop()
-    result["server_errors"] = server.errors()[:20]
-    profile = Path(spec["profile"])
-    result["profile"] = json.loads(profile.read_text()) if profile.is_file() else None
+        for watcher in watchers:
+            watcher.stopped.set()
+        for server in servers:
+            server.stop()
+    for one, server in zip(each, servers, strict=True):  # what the servers logged up to their stop
+        one["errors"] = server.errors()[:60]
+    result["servers"] = each
+    result["round_timeline"] = round_timeline([s.log_path for s in servers]) if service else None
+    result["peak_rss_mb"] = sum(one["peak_rss_mb"] for one in each)  # the servers' peaks added (one: its own)
+    result["max_uploads_in_staging"] = sum(one["max_uploads_in_staging"] or 0 for one in each) if service else None
+    result["server_errors"] = [line for one in each for line in one["errors"]][:60]
+    result["profile"] = each[0]["profile"]
     result["label"] = label
     return result
 
@@ -185,10 +203,10 @@ def measure_memory(kind: str, root: Path, names: list[str], args: argparse.Names
 
     size = (int(args.mb * 2**20) - 64) // 4
     body = wire.serialize_dense(np.random.default_rng(0).standard_normal(size).astype(np.float32) * 1e-3)
-    spec = server_spec(kind, root, argparse.Namespace(**{**vars(args), "rounds": 1}), size=size, database_url=database_url)
+    spec, = server_specs(kind, root, argparse.Namespace(**{**vars(args), "rounds": 1}), size=size, database_url=database_url)
     server = ServerProcess(__file__, spec, root, names[0])
     idle_kib = server.rss_kib()
-    watcher = Watcher(server.pid, root / spec["data_dir"] / "blobs" / "staging" if kind == "service" else None)
+    watcher = Watcher(server.pid, server.staging())
     held, everyone_in, go, before = [0], asyncio.Event(), asyncio.Event(), {}
 
     async def hold() -> None:
@@ -198,7 +216,7 @@ def measure_memory(kind: str, root: Path, names: list[str], args: argparse.Names
         await go.wait()
 
     async def drive() -> tuple[Tally, float, bool]:
-        runner = asyncio.ensure_future(run_clients(root, spec["port"], names, body, global_bytes=len(body),
+        runner = asyncio.ensure_future(run_clients(root, [spec["port"]], names, body, global_bytes=len(body),
                                                    timeout=args.timeout, hold=hold))
         try:
             await asyncio.wait_for(everyone_in.wait(), timeout=args.timeout)
@@ -231,11 +249,13 @@ def measure_memory(kind: str, root: Path, names: list[str], args: argparse.Names
 
 
 def memory_runs(root: Path, names: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """--memory for the baseline and each database asked for, one after the other."""
+    """--memory for the baseline and each database asked for, one after the other (one server each: no replicas)."""
     import shutil
 
     results: dict[str, Any] = {"setup": {}}
     for key, label, kind in configurations(args):
+        if kind == "replicas":
+            continue
         database_url = uses_postgres_at(args.postgres_url) if key == "postgres" else ""
         try:
             results[key] = {"label": label, **measure_memory(kind, root, names, args, database_url)}
@@ -250,10 +270,12 @@ def memory_runs(root: Path, names: list[str], args: argparse.Namespace) -> dict[
 def configurations(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """(key, label, kind) in the order they run."""
     rows = [("baseline", "bare uvicorn, same mTLS, protocol from memory", "bare")]
-    if args.database in ("sqlite", "both"):
+    if args.database in ("sqlite", "both", "all"):
         rows.append(("sqlite", "fedlm coordinator, 1 replica, SQLite", "service"))
-    if args.database in ("postgres", "both"):
+    if args.database in ("postgres", "both", "all"):
         rows.append(("postgres", "fedlm coordinator, 1 replica, PostgreSQL", "service"))
+    if args.database in ("replicas", "all"):
+        rows.append(("replicas", f"fedlm coordinators, {args.replicas} replicas, PostgreSQL", "replicas"))
     return rows
 
 
@@ -267,17 +289,17 @@ def measure_load(root: Path, names: list[str], args: argparse.Namespace) -> dict
     results: dict[str, Any] = {}
     for key, label, kind in configurations(args):
         database_url = ""
-        if key == "postgres":
+        if kind == "replicas" or key == "postgres":
             try:
                 database_url = uses_postgres_at(args.postgres_url)
             except Exception as err:  # noqa: BLE001 - no server, no role: the row says so
                 results[key] = {"label": label, "skipped": f"no PostgreSQL at {args.postgres_url} ({type(err).__name__})"}
                 continue
-        spec = server_spec(kind, root, args, size=size, database_url=database_url)
+        specs = server_specs(kind, root, args, size=size, database_url=database_url)
         try:
-            results[key] = measure(label, spec, root, names, body, args, global_bytes=len(body))
+            results[key] = measure(label, specs, root, names, body, args, global_bytes=len(body))
         finally:
-            shutil.rmtree(root / spec["data_dir"], ignore_errors=True)
+            shutil.rmtree(root / specs[0]["data_dir"], ignore_errors=True)
             if database_url:
                 drop_postgres(database_url, args.postgres_url)
     results["setup"] = {"update_bytes": len(body)}
@@ -290,7 +312,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mb", type=float, default=None, help="update size in MB (default 1.8, the default run's "
                         "adapter; 2 with --memory)")
-    parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--database", choices=["sqlite", "postgres", "both", "replicas", "all"], default="all",
+                        help="the coordinator rows beside the baseline: both = sqlite + postgres; replicas = "
+                        "--replicas coordinators on one PostgreSQL database; all = the three")
+    parser.add_argument("--replicas", type=int, default=2, help="replica processes in the replicas row (default 2)")
     parser.add_argument("--postgres-url", default=POSTGRES_URL, help="a server that allows CREATE DATABASE")
     parser.add_argument("--memory", action="store_true", help="1,000 concurrent ~2 MB uploads: the server's peak RSS")
     parser.add_argument("--timeout", type=float, default=400.0, help="seconds per configuration before it is stopped")
