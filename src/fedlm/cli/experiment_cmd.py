@@ -1,7 +1,7 @@
-"""`fedlm experiment`: comparisons that answer a question end to end (compare, personalize, clusters).
+"""`fedlm experiment`: comparisons that answer a question end to end (compare, fleet, personalize, clusters).
 
 Each command reads a run config (--config, whose optional [experiment] table holds the
-command's own settings), applies --set on top, refuses the encoder task kinds (these compare
+command's own settings; `fleet` reads --set fleet.key=value), applies --set on top, refuses the encoder task kinds (these compare
 language models' next-token loss), logs timed progress lines, and writes results.json,
 results.md and a plot to --out.
 """
@@ -155,3 +155,32 @@ def clusters_command(
     run_and_write(lambda: run_cluster_comparison(run_config, settings, log,
                                                  on_progress=lambda partial: write_outputs(partial, out)),
                   write_outputs, markdown_table, out)
+
+
+def fleet_keys() -> str:
+    from fedlm.experiment.fleet_settings import SECTION, FleetSettings
+
+    return ", ".join(f"{SECTION}.{f}" for f in FleetSettings.__dataclass_fields__)
+
+
+@app.command("fleet", epilog=f"Fleet settings (--set fleet.key=value): {fleet_keys()}")
+def fleet_command(
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML run config (model, lora, data, client, eval, run)."),
+    out: Path = typer.Option(Path("runs/fleet"), "--out", "-o", help="Where results.json, results.md and the plot go."),
+    quick: bool = typer.Option(False, "--quick", help="The tiny random model on a fleet of 8: seconds, for a smoke test."),
+    set_: list[str] = typer.Option([], "--set", help="Any setting as section.key=value (repeatable), including the "
+                                   "fleet's own, e.g. --set fleet.slow_share=0.3"),
+) -> None:
+    """Synchronous, quorum and FedBuff rounds at equal training tokens: simulated time to a target perplexity.
+
+    A share of the fleet is slow (fleet.slow_share, fleet.slow_factor); each policy folds the
+    same number of updates on the virtual clock. Writes results.json, results.md and
+    perplexity_vs_simulated_time.png to --out.
+    """
+    from fedlm.experiment.fleet import run_fleet  # torch and PEFT load only when the experiment runs
+    from fedlm.experiment.fleet_report import markdown_table, write_outputs
+    from fedlm.experiment.fleet_settings import resolve_fleet
+
+    run_config, settings = load_experiment("fleet", config, set_, quick, resolve_fleet)
+    log = timed_log()
+    run_and_write(lambda: run_fleet(run_config, settings, log), write_outputs, markdown_table, out)

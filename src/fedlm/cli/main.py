@@ -7,7 +7,6 @@ import warnings
 import typer
 
 from fedlm.cli import bench_cmd, certs_cmd, config_cmd, data_cmd, experiment_cmd, models_cmd, privacy_cmd
-from fedlm.cli import experiment_fleet_cmd  # noqa: F401  (adds `fedlm experiment fleet` to experiment_cmd.app)
 from fedlm.cli import rag_cmd
 from fedlm.cli.export_cmd import export_command
 from fedlm.cli.join_cmd import join_command

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fedlm.config import ConfigError
+from fedlm.config import ConfigError, RunConfig, apply_overrides
 from fedlm.experiment.settings import typed_settings
 
 SECTION = "fleet"
@@ -79,3 +79,14 @@ def make_fleet_settings(values: dict[str, Any], base: FleetSettings | None = Non
 QUICK_RUN = {"model": {"name": "tiny"}, "data": {"seq_len": 32}, "client": {"batch_size": 2, "lr": 5e-3},
              "eval": {"clients": 2, "max_sequences": 4}}
 QUICK_FLEET = {"train_clients": 8, "clients_per_round": 4, "rounds": 3, "local_steps": 1, "slow_share": 0.25}
+
+
+def resolve_fleet(config: RunConfig, overrides: dict[str, dict[str, Any]], *, quick: bool) -> tuple[RunConfig, FleetSettings]:
+    """The run config and the [fleet] settings: defaults (or the --quick preset), then the overrides. A run config's
+    [experiment] table is `fedlm experiment compare`'s and is not read here."""
+    overrides = dict(overrides)
+    values = overrides.pop(SECTION, {})
+    overrides.pop("experiment", None)
+    run_config = apply_overrides(apply_overrides(config, QUICK_RUN) if quick else config, overrides)
+    return run_config, make_fleet_settings(values, make_fleet_settings(QUICK_FLEET) if quick else None)
+

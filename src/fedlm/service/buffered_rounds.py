@@ -33,7 +33,7 @@ round. DP and SecAgg are refused with FedBuff when the run config is loaded
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,9 +43,8 @@ from fedlm.core.types import Update
 from fedlm.server.buffered import Aggregation, StaleUpdate, accept_stale, buffer_policy, check_stale, new_buffer
 from fedlm.server.rounds import ServerState, UpdateRejected
 from fedlm.service import store as db
-from fedlm.service.blobs import CorruptBlob, Staged
+from fedlm.service.blobs import Staged
 from fedlm.service.errors import Refused
-from fedlm.service.payloads import MalformedUpdate, decode_state
 from fedlm.service.scheduling import ineligibility
 
 log = logging.getLogger("fedlm.service")
@@ -62,7 +61,7 @@ class OutTask:
 
 class BufferedRounds:
     """Needs the coordinator's store, blobs, run, pipeline, scheduling, clock, lock, state, available, _evaluate,
-    _commit_new_version, _read_plain and _lose_update."""
+    _commit_new_version, _stored_updates and _stored_state."""
 
     buffer = None  # a fedlm.server.buffered.BufferedState under policy.kind = "fedbuff", else None
     _pending_step = None  # a full buffer's step not stored yet (retried each tick); nothing is handed out meanwhile
@@ -82,18 +81,12 @@ class BufferedRounds:
                                f"{self.buffer_row.stage!r}); policy.kind = 'fedbuff' cannot take it over: finish the "
                                "run with the policy it started with, or start a new data_dir and database")
         stepped = None
-        for update in db.accepted_updates(session, self.buffer_row.round):
+        for update in self._stored_updates(session, self.buffer_row.round, size=state.global_vector.size,
+                                           clip_norm=state.clip_norm):
             if stepped is not None:
                 raise RuntimeError(f"the store's buffer {self.buffer_row.round} holds more than policy.buffer_size = "
                                    f"{self.buffer.policy.buffer_size} updates; it cannot be replayed as it was folded")
-            try:
-                vector = self._read_plain(self.blobs.verified_path(update.sha256), update.client_id, update.round,
-                                          size=state.global_vector.size, clip_norm=state.clip_norm)
-            except (CorruptBlob, MalformedUpdate) as err:
-                self._lose_update(session, update, err)
-                continue
-            stepped = accept_stale(self.buffer, Update(update.round, update.version, update.client_id,
-                                                       update.num_samples, vector, update.metrics))
+            stepped = accept_stale(self.buffer, update)
         now = self.clock()
         versions = {r.round: r.version for r in session.scalars(select(db.RoundRow))}
         for task in session.scalars(select(db.TaskRow).where(db.TaskRow.status == "assigned")):
@@ -229,9 +222,7 @@ class BufferedRounds:
         except Exception:
             log.exception("storing the step into version %d failed; it is retried on the next tick", aggregation.version)
             with self.store.session() as session:
-                latest = db.latest_version(session)
-                state = decode_state(self.blobs.read(latest.state_sha256))
-                self.state = replace(state, rounds_done=max(state.rounds_done, db.last_closed_round(session)))
+                self.state = self._stored_state(session)
                 self._pending_step = self._recover_buffered(session, self.state)
 
     def _step(self, aggregation: Aggregation) -> None:

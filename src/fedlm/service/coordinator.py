@@ -9,8 +9,9 @@ refused upload leaves the round, the tables and the blobs as they were (only the
 log notes the refusal). Under secure aggregation a round goes through the SecAgg
 stages (`RoundRow.stage`: advertise, share, mask, confirm, unmask), each a relay of typed messages
 to the protocol's server state machine (service.secure_stages); `collect` is the plain stage.
-Monitoring (service.round_monitor), the canary gate (service.canary) and privacy reporting
-(service.privacy_budget) are mixins of the coordinator in their own modules.
+Recovery from the store (service.recovery), monitoring (service.round_monitor), the canary
+gate (service.canary), privacy reporting (service.privacy_budget) and FedBuff
+(service.buffered_rounds) are mixins of the coordinator in their own modules.
 """
 
 from __future__ import annotations
@@ -18,26 +19,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedlm.config import RunConfig
-from fedlm.monitoring.history import history_from_records
 from fedlm.monitoring.watch import observe
 from fedlm.core.types import Task, Update
 from fedlm.server.rounds import (
-    OpenRound, ServerState, UpdateRejected, accept_update, check_update, close_round, dominance_warning, initial_state,
-    clipped_share, mark_failed, open_round, signal_to_noise, weight_share,
+    OpenRound, UpdateRejected, accept_update, check_update, close_round, dominance_warning, clipped_share, mark_failed,
+    open_round, signal_to_noise, weight_share,
 )
 from fedlm.service import store as db
-from fedlm.service.blobs import BlobStore, CorruptBlob, Staged
+from fedlm.service.blobs import BlobStore, Staged
 from fedlm.service.buffered_rounds import BufferedRounds
 from fedlm.service.errors import Refused
-from fedlm.service.payloads import MalformedUpdate, decode_state, encode_state, read_masked, read_update
+from fedlm.service.payloads import MalformedUpdate, read_masked, read_update
 from fedlm.service.canary import CanaryGate
+from fedlm.service.recovery import StoreRecovery
 from fedlm.service.privacy_budget import PrivacyBudgetReports, budget_stop, privacy_fields
 from fedlm.service.round_monitor import RoundMonitoring
 from fedlm.privacy.release import releasable_for, reported_sum
@@ -46,7 +48,6 @@ from fedlm.service.scheduling import Traits, ineligibility, invited_count, selec
 from fedlm.service.secagg_codec import parameters_answer
 from fedlm.service.secure_stages import SecureStages, make_secagg_server
 from fedlm.service.settings import RegistrySection, SchedulingSection, SecAggSection
-from fedlm.updates import wire
 from fedlm.updates.client import compression_of
 from fedlm.updates.pipeline import Pipeline
 
@@ -71,7 +72,7 @@ class Available:
     traits: Traits
 
 
-class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, PrivacyBudgetReports):
+class Coordinator(StoreRecovery, SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, PrivacyBudgetReports):
     def __init__(
         self, store: db.Store, blobs: BlobStore, *, run: RunConfig, pipeline: Pipeline, initial_global: np.ndarray,
         scheduling: SchedulingSection, registry: RegistrySection, evaluator: Evaluator | None = None,
@@ -96,88 +97,6 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
         if self._failed_on_replay is not None:  # a logged stage closing failed: the round ends as it would have
             with self.lock:
                 self._abandon(f"on restart: {self._failed_on_replay}")
-
-    # ---- start-up -------------------------------------------------------------------
-
-    def _recover(self, initial_global: np.ndarray) -> tuple[ServerState, OpenRound | None, db.RoundRow | None]:
-        """The last committed version, and the open round re-folded from its accepted updates."""
-        with self.store.session() as session:
-            latest = db.latest_version(session)
-            if latest is None:
-                state = self._initialise(session, initial_global)
-                if self.run.policy.kind == "fedbuff":
-                    self._recover_buffered(session, state)  # an empty buffer over version 0
-                return state, None, None
-            state = decode_state(self.blobs.read(latest.state_sha256))
-            state = replace(state, rounds_done=max(state.rounds_done, db.last_closed_round(session)))
-            self.monitor_history = history_from_records(v.metrics for v in db.versions(session) if v.round > 0)
-            if self.run.policy.kind == "fedbuff":
-                self._pending_step = self._recover_buffered(session, state)
-                return state, None, None
-            row = db.open_round_row(session)
-            if row is None:
-                return state, None, None
-            if row.stage == "buffer":
-                raise RuntimeError(f"the store's open round {row.round} is a FedBuff buffer; policy.kind = "
-                                   f"{self.run.policy.kind!r} cannot take it over: finish the run with the policy it "
-                                   "started with, or start a new data_dir and database")
-            rnd = open_round(state, tuple(row.cohort), self.pipeline)
-            if rnd.round != row.round:
-                raise RuntimeError(f"the store's open round {row.round} does not follow round {state.rounds_done}")
-            if self.pipeline.mask is not None:
-                self._failed_on_replay = self._replay_secagg(session, rnd, row.stage, state.ledger)
-                detail = f"SecAgg log replayed to stage {row.stage}, {len(self.secure.masked)} masked inputs"
-            else:
-                self._refold(session, rnd)
-                detail = f"{len(rnd.weights)} accepted updates re-folded"
-            db.audit(session, "recovered", round=row.round, detail=detail)
-            log.info("recovered round %d: %s", row.round, detail, extra={"round": row.round})
-            return state, rnd, row
-
-    def _initialise(self, session: Any, initial_global: np.ndarray) -> ServerState:
-        """Version 0 from the initial adapter, promoted to production (an empty store's first start)."""
-        state = initial_state(initial_global, self.pipeline)
-        self._commit_version(session, state, round=0, metrics=self._evaluate(state.global_vector), status="promoted")
-        db.set_production(session, 0)
-        db.audit(session, "initialised", size=int(initial_global.size))
-        return state
-
-    def _refold(self, session: Any, rnd: OpenRound) -> None:
-        """Fold the round's accepted updates from their blobs, in commit order (the same bytes: the same sum), and
-        fail its failed tasks; a damaged blob is left out and reported."""
-        self.watch = self._open_watch(len(rnd.cohort))
-        for update in db.accepted_updates(session, rnd.round):
-            try:
-                vector = self._read_plain(self.blobs.verified_path(update.sha256), update.client_id, update.round,
-                                          size=rnd.total.size, clip_norm=rnd.clip_norm)
-            except (CorruptBlob, MalformedUpdate) as err:
-                self._lose_update(session, update, err)
-                continue
-            accept_update(rnd, Update(update.round, update.version, update.client_id, update.num_samples, vector,
-                                      update.metrics))
-            if self.watch is not None:
-                observe(self.watch, update.client_id, vector)
-        for client, status in db.tasks_of(session, rnd.round).items():
-            if status == "failed":
-                mark_failed(rnd, client)
-
-    def _lose_update(self, session: Any, update: db.UpdateRow, err: Exception) -> None:
-        """An accepted update whose blob was damaged on disk: the round goes on without it, and says so."""
-        task = db.task_of_update(session, update)
-        if task is not None:
-            task.status = "failed"
-        db.audit(session, "update_blob_corrupt", client_id=update.client_id, round=update.round, sha256=update.sha256,
-                 detail=str(err))
-        log.error("round %d: the accepted update of client %s is left out: %s", update.round, update.client_id, err,
-                  extra={"round": update.round, "client_id": update.client_id, "sha256": update.sha256})
-
-    def _commit_version(self, session: Any, state: ServerState, *, round: int, metrics: dict, status: str) -> db.VersionRow:
-        state_sha = self.blobs.put(encode_state(state))
-        global_sha = self.blobs.put(wire.serialize_dense(state.global_vector))
-        row = db.VersionRow(version=state.version, round=round, state_sha256=state_sha, global_sha256=global_sha,
-                            metrics=metrics, status=status, created_at=self.clock())
-        session.add(row)
-        return row
 
     # ---- clients ----------------------------------------------------------------------
     def register(self, client_id: str, traits: Traits) -> None:
@@ -279,19 +198,13 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
     # ---- uploads -----------------------------------------------------------------------
     def precheck(self, client_id: str, round: int, version: int) -> None:
         """Refuse before the body is read when the task already rules the upload out (checked again on submit)."""
-        with self.lock:
-            try:
-                if self.pipeline.mask is not None:
-                    self._in_stage(client_id, round, "mask")
-                elif self.buffer is not None:
-                    self._check_buffered_task(client_id, round, version)
-                else:
-                    self._check_task(client_id, round, version)
-            except Refused as refusal:
-                with self.store.session() as session:
-                    db.audit(session, "update_refused", client_id=client_id, round=round, detail=refusal.code)
-                log_refusal(client_id, round, refusal)
-                raise
+        with self.lock, self._refusals_audited(client_id, round):
+            if self.pipeline.mask is not None:
+                self._in_stage(client_id, round, "mask")
+            elif self.buffer is not None:
+                self._check_buffered_task(client_id, round, version)
+            else:
+                self._check_task(client_id, round, version)
 
     def submit(self, client_id: str, *, round: int, version: int, num_samples: int, metrics: dict[str, float],
                staged: Staged) -> dict[str, Any]:
@@ -300,7 +213,7 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
         Under DP only the data-free metrics are kept (fedlm.privacy.release): nothing else a client sends is stored."""
         metrics = releasable_for(metrics, self.pipeline.privacy)
         num_samples = num_samples if self.pipeline.privacy is None else 1  # uniform under DP: a client's count is not kept
-        try:
+        with self._refusals_audited(client_id, round, staged):
             vector = self._read(staged, client_id, round)
             with self.lock:
                 if self.pipeline.mask is not None:
@@ -315,13 +228,6 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
                     raise Refused(422, "invalid_update", str(err)) from None
                 self._accept(update, staged)
                 return {"accepted": True, "round": round, "sha256": staged.sha256, "size": staged.size}
-        except Refused as refusal:
-            self.blobs.discard(staged)
-            self._audit_refusal(client_id, round, staged, refusal)
-            raise
-        except BaseException:  # the database or the disk failed: the staged file goes (a published blob stays, unused)
-            self.blobs.discard(staged)
-            raise
 
     def _read(self, staged: Staged, client_id: str, round: int) -> np.ndarray:
         size = self.state.global_vector.size
@@ -365,11 +271,28 @@ class Coordinator(SecureStages, BufferedRounds, RoundMonitoring, CanaryGate, Pri
         if len(self.rnd.weights) >= self.round_row.target:
             self._close("target reached")
 
-    def _audit_refusal(self, client_id: str, round: int, staged: Staged, refusal: Refused) -> None:
+    @contextmanager
+    def _refusals_audited(self, client_id: str, round: int, staged: Staged | None = None) -> Iterator[None]:
+        """A refusal raised inside is audited and logged (ids, size, hash, code); the staged upload, if any, is
+        discarded on any failure (the database or the disk too; a blob already published stays, unused)."""
+        try:
+            yield
+        except Refused as refusal:
+            if staged is not None:
+                self.blobs.discard(staged)
+            self._audit_refusal(client_id, round, staged, refusal)
+            raise
+        except BaseException:
+            if staged is not None:
+                self.blobs.discard(staged)
+            raise
+
+    def _audit_refusal(self, client_id: str, round: int, staged: Staged | None, refusal: Refused) -> None:
+        size, sha = (None, None) if staged is None else (staged.size, staged.sha256)
         with self.store.session() as session:
-            db.audit(session, "update_refused", client_id=client_id, round=round, size=staged.size, sha256=staged.sha256,
+            db.audit(session, "update_refused", client_id=client_id, round=round, size=size, sha256=sha,
                      detail=refusal.code)
-        log_refusal(client_id, round, refusal, size=staged.size, sha256=staged.sha256)
+        log_refusal(client_id, round, refusal, size=size, sha256=sha)
 
     # ---- closing ------------------------------------------------------------------------
     def _close(self, reason: str) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,7 @@ from fedlm.privacy.release import releasable_for
 from fedlm.server.rounds import ServerState, UpdateRejected, check_contents, open_round
 from fedlm.service import store as db
 from fedlm.service.blobs import Staged
-from fedlm.service.coordinator import Coordinator, TaskOffer, log_refusal
+from fedlm.service.coordinator import Coordinator, TaskOffer
 from fedlm.service.errors import Refused
 from fedlm.service.instance_lock import ADVISORY_KEY, try_lead
 from fedlm.service.payloads import MalformedUpdate, decode_state
@@ -80,10 +79,7 @@ class ReplicaCoordinator(Coordinator):
         if not force and time.monotonic() - self._read_at < STATE_SECONDS:
             return self.state
         with self.store.session() as session:
-            latest = db.latest_version(session)
-            if self.state is None or latest.version != self.state.version:
-                self.state = decode_state(self.blobs.read(latest.state_sha256))
-            self.state = replace(self.state, rounds_done=max(self.state.rounds_done, db.last_closed_round(session)))
+            self.state = self._stored_state(session, cached=self.state)
         self._read_at = time.monotonic()
         return self.state
 
@@ -194,22 +190,16 @@ class ReplicaCoordinator(Coordinator):
             raise Refused(409, "wrong_version", f"round {round} trains from version {row.version}, the update says {version}")
 
     def precheck(self, client_id: str, round: int, version: int) -> None:
-        try:
-            with self.store.session() as session:
-                self._check_task_rows(session.get(db.RoundRow, round), session.get(db.TaskRow, (round, client_id)),
-                                      client_id, round, version)
-        except Refused as refusal:
-            with self.store.session() as session:
-                db.audit(session, "update_refused", client_id=client_id, round=round, detail=refusal.code)
-            log_refusal(client_id, round, refusal)
-            raise
+        with self._refusals_audited(client_id, round), self.store.session() as session:
+            self._check_task_rows(session.get(db.RoundRow, round), session.get(db.TaskRow, (round, client_id)),
+                                  client_id, round, version)
 
     def submit(self, client_id: str, *, round: int, version: int, num_samples: int, metrics: dict[str, float],
                staged: Staged) -> dict[str, Any]:
         """Check a staged upload, then accept it in one transaction under the round's and the task's row locks."""
         metrics = releasable_for(metrics, self.pipeline.privacy)
         num_samples = num_samples if self.pipeline.privacy is None else 1
-        try:
+        with self._refusals_audited(client_id, round, staged):
             clip_norm = self._clip_norm_of(version)
             size = self._latest_state().global_vector.size
             try:
@@ -229,13 +219,6 @@ class ReplicaCoordinator(Coordinator):
                     raise Refused(422, "invalid_update", str(err)) from None
                 sha = self.blobs.commit(staged)  # before the rows: a crash between leaves an unused blob, never a row
                 db.record_accepted(session, update, sha256=sha, size=staged.size, task=task, at=self.clock())
-        except Refused as refusal:
-            self.blobs.discard(staged)
-            self._audit_refusal(client_id, round, staged, refusal)
-            raise
-        except BaseException:  # the database or the disk failed: the staged file goes (a published blob stays, unused)
-            self.blobs.discard(staged)
-            raise
         log.info("accepted update round=%d client=%s size=%d sha256=%s", round, client_id, staged.size, sha,
                  extra={"client_id": client_id, "round": round, "size": staged.size, "sha256": sha})
         return {"accepted": True, "round": round, "sha256": sha, "size": staged.size}
