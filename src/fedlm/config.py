@@ -24,6 +24,7 @@ from fedlm.data_settings import OVERLONG, PLACEHOLDER_STYLES, REDACTION_ENTITIES
 from fedlm.model_settings import ENCODER_KINDS, TASK_KINDS, ModelSettings, TaskSettings  # noqa: F401
 from fedlm.retrieval_settings import RetrievalSettings, encoder_defaults
 from fedlm.update_settings import (  # noqa: F401
+    check_mechanism_combinations,
     AGGREGATORS, SCALES, SERVER_OPTIMIZERS, CompressionSettings, PrivacySettings, SecAggSettings, StrategySettings,
 )
 from fedlm.monitoring.settings import MonitoringSettings
@@ -67,19 +68,27 @@ class LoraSettings:
         require(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
 
 
+SAMPLINGS = ("fixed", "poisson", "cyclic")
+
+
 @dataclass(frozen=True)
 class FederationSettings:
     rounds: int = 4
     clients_per_round: int = 4  # cohort size for sampling = "fixed"
-    sampling: str = "fixed"  # "fixed" (uniform without replacement) or "poisson" (each client with rate q)
+    # "fixed" (uniform without replacement), "poisson" (each client with rate q) or "cyclic" (the population split
+    # once into `groups` seeded groups; group (round - 1) mod groups trains: what banded MF-DP-FTRL accounts for)
+    sampling: str = "fixed"
     sample_rate: float = 0.0  # q for sampling = "poisson"
+    groups: int = 1  # sampling = "cyclic": how many groups take turns (1 = every client every round)
 
     def __post_init__(self) -> None:
         require(self.rounds >= 1, "federation.rounds", "must be >= 1")
         require(self.clients_per_round >= 1, "federation.clients_per_round", "must be >= 1")
-        require(self.sampling in ("fixed", "poisson"), "federation.sampling", "must be 'fixed' or 'poisson'")
+        require(self.sampling in SAMPLINGS, "federation.sampling", f"must be one of {SAMPLINGS}")
         if self.sampling == "poisson":
             require(0 < self.sample_rate <= 1, "federation.sample_rate", "must be in (0, 1] with poisson sampling")
+        require(self.groups >= 1, "federation.groups", "must be >= 1")
+        require(self.groups == 1 or self.sampling == "cyclic", "federation.groups", "applies to federation.sampling = 'cyclic' only")
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,7 @@ class RunConfig:
         require(self.task.kind not in ("rerank", "classify") or self.lora.aggregation != "svd", "lora.aggregation",
                 f"'svd' cannot be combined with task.kind = {self.task.kind!r}: its head is no LoRA pair to factor; "
                 "use 'fedit' or 'ffa'")
+        check_mechanism_combinations(self)  # privacy.mechanism and cyclic participation: what the accounting covers
         check_cluster_combinations(self)  # clusters.count > 1: what one ledger or one cohort's masks cannot cover
         check_policy_combinations(self)  # policy.kind = "fedbuff": what it cannot account or does not support
         if privacy.enabled:  # evaluation on a training client's own text would publish its figures without noise

@@ -47,6 +47,9 @@ class StrategySettings:
         require(self.clip_norm >= 0, "strategy.clip_norm", "must be >= 0 (0 = off)")
 
 
+MECHANISMS = ("gaussian", "banded_mf")
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
     noise_multiplier: float = 0.0  # z: Gaussian noise std z * clip_norm on the sum; > 0 turns user-level DP on
@@ -58,9 +61,20 @@ class PrivacySettings:
     target_quantile: float = 0.5  # adaptive clipping: share of updates that should go unclipped
     clip_lr: float = 0.2  # adaptive clipping: geometric learning rate of the clip norm
     count_noise_multiplier: float = 0.0  # adaptive clipping: noise on the unclipped count; 0 = expected cohort / 20
+    # "gaussian": fresh noise every round (DP-FedAvg); "banded_mf": banded matrix-factorization DP-FTRL, noise
+    # correlated across rounds, the whole run one Gaussian mechanism paid at round 1 (needs sampling = "cyclic")
+    mechanism: str = "gaussian"
+    bands: int = 0  # banded_mf: b, the bands of the Toeplitz factor (<= federation.groups); 0 = federation.groups
+    # scale each round's step by the released mean's estimated share of signal, max(0, 1 - sigma^2 P / |m|^2)
+    # (positive-part James-Stein; post-processing of the noised mean, no privacy cost)
+    noise_aware_lr: bool = False
 
     def __post_init__(self) -> None:
         require(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0 (0 = off)")
+        require(self.mechanism in MECHANISMS, "privacy.mechanism", f"must be one of {MECHANISMS}")
+        require(self.bands >= 0, "privacy.bands", "must be >= 0 (0 = federation.groups)")
+        require(self.bands == 0 or self.mechanism == "banded_mf", "privacy.bands", "applies to privacy.mechanism = 'banded_mf' only")
+        require(not self.noise_aware_lr or self.enabled, "privacy.noise_aware_lr", "needs privacy.noise_multiplier > 0")
         require(self.placement in ("central", "distributed"), "privacy.placement", "must be 'central' or 'distributed'")
         require(0 <= self.delta < 1, "privacy.delta", "must be in [0, 1) (0 = 1 / population^1.1)")
         require(self.accountant in ("rdp", "pld"), "privacy.accountant", "must be 'rdp' or 'pld'")
@@ -116,3 +130,41 @@ class SecAggSettings:
         require(self.neighbours >= 0, "secagg.neighbours", "must be >= 0 (0 = all others)")
         require(0.5 <= self.threshold < 1, "secagg.threshold",
                  "must be in [0.5, 1): a majority of neighbours keeps the server from getting both secrets of a client")
+
+
+def check_mechanism_combinations(config) -> None:
+    """What banded MF-DP-FTRL and cyclic participation need (config: fedlm.config.RunConfig).
+
+    The banded factor's sensitivity is exact only when a client trains at most once every `bands` rounds of a
+    planned, fixed schedule: cyclic groups of one fixed population, in synchronous rounds, with the noise added
+    by the server to the cohort's sum.
+    """
+    privacy, fed = config.privacy, config.federation
+    if privacy.enabled and fed.sampling == "cyclic":
+        require(privacy.mechanism == "banded_mf", "privacy.mechanism",
+                "must be 'banded_mf' with federation.sampling = 'cyclic': independent noise per round is accounted "
+                "for sampled cohorts ('poisson' or 'fixed')")
+    if privacy.mechanism != "banded_mf":
+        return
+    require(privacy.enabled, "privacy.mechanism", "'banded_mf' needs privacy.noise_multiplier > 0")
+    require(fed.sampling == "cyclic", "federation.sampling",
+            "must be 'cyclic' with privacy.mechanism = 'banded_mf': its sensitivity holds for clients that train "
+            "once every federation.groups rounds")
+    bands = privacy.bands or fed.groups
+    require(bands <= fed.groups, "privacy.bands",
+            f"must be <= federation.groups = {fed.groups}: a {bands}-banded factor needs clients {bands} rounds apart")
+    require(bands <= fed.rounds, "privacy.bands", f"must be <= federation.rounds = {fed.rounds}")
+    require(privacy.placement == "central", "privacy.placement",
+            "must be 'central' with privacy.mechanism = 'banded_mf': the server keeps the correlated noise's state")
+    require(not privacy.adaptive_clip, "privacy.adaptive_clip",
+            "cannot be combined with privacy.mechanism = 'banded_mf': the noised count is not in its accounting")
+    require(config.policy.kind == "sync", "policy.kind",
+            "must be 'sync' with privacy.mechanism = 'banded_mf': the factor is planned over fixed rounds")
+    require(config.clusters.count == 1, "clusters.count",
+            "must be 1 with privacy.mechanism = 'banded_mf': one noise stream serves one global")
+    require(not config.secagg.enabled, "secagg.enabled",
+            "cannot be combined with privacy.mechanism = 'banded_mf' yet: an abandoned round would leave the noise "
+            "stream a round behind the schedule its sensitivity assumes")
+    require(not privacy.noise_aware_lr, "privacy.noise_aware_lr",
+            "cannot be combined with privacy.mechanism = 'banded_mf': a different scale each round would undo the "
+            "cancellation of the correlated noise across rounds")

@@ -42,14 +42,23 @@ def test_the_byte_tokenizer_gives_one_token_per_byte(tokenizer):
 
 
 def test_pack_texts_packs_with_end_of_text_and_pads_the_last_block(tokenizer):
-    # Execute: stream a b EOS c EOS -> 5 tokens, 2 blocks of 4
-    blocks = pack_texts(tokenizer, ["ab", "c"], seq_len=4)
+    # Execute: stream a b EOS c d EOS -> 6 tokens, 2 blocks of 4
+    blocks = pack_texts(tokenizer, ["ab", "cd"], seq_len=4)
     # Assert
-    assert blocks.input_ids.tolist() == [[A, B, EOS, C], [EOS, PAD, PAD, PAD]]
-    assert blocks.labels.tolist() == [[A, B, EOS, C], [EOS, IGNORE, IGNORE, IGNORE]]
+    assert blocks.input_ids.tolist() == [[A, B, EOS, C], [D, EOS, PAD, PAD]]
+    assert blocks.labels.tolist() == [[A, B, EOS, C], [D, EOS, IGNORE, IGNORE]]
     assert blocks.input_ids.dtype == torch.long and blocks.labels.dtype == torch.long
     assert len(blocks) == 2
-    assert blocks.num_tokens == 5
+    assert blocks.num_tokens == 6
+
+
+def test_a_last_block_of_one_token_is_dropped_it_has_nothing_to_predict(tokenizer):
+    # Prepare: a b EOS c EOS -> 5 tokens; a block of 4 and one of the lone EOS, whose only label is never a
+    # target (labels shift by one), so a batch of it alone gave a 0/0 loss, NaN, and its update was refused
+    blocks = pack_texts(tokenizer, ["ab", "c"], seq_len=4)
+    # Assert
+    assert blocks.input_ids.tolist() == [[A, B, EOS, C]]
+    assert len(blocks) == 1 and blocks.num_tokens == 4
 
 
 def test_pack_texts_adds_no_padding_when_the_stream_fills_the_blocks(tokenizer):

@@ -55,3 +55,38 @@ def test_without_dp_there_is_no_figure():
     accept_update(rnd, Update(1, 0, "a", 1, np.ones(8, np.float32), {}))
     _, outcome = close_round(state, rnd)
     assert signal_to_noise(rnd, outcome) == {} and outcome.released_norm == pytest.approx(math.sqrt(8))
+
+
+def test_james_stein_factor_closed_forms():
+    from fedlm.privacy.round_snr import james_stein_factor
+    # |m|^2 = 25, sigma^2 P = 0.5^2 * 36 = 9 -> 1 - 9/25 = 0.64; noise alone or more -> 0; no noise -> 1
+    assert james_stein_factor(5.0, 0.5, 36) == pytest.approx(0.64)
+    assert james_stein_factor(3.0, 0.5, 36) == 0.0 and james_stein_factor(0.0, 0.5, 36) == 0.0
+    assert james_stein_factor(5.0, 0.0, 36) == 1.0
+
+
+def test_a_noise_aware_round_steps_by_the_james_stein_share_of_its_noised_mean(monkeypatch):
+    import numpy as np
+    from fedlm.config import RunConfig, apply_overrides
+    from fedlm.core.types import Update
+    from fedlm.privacy.plan import make_privacy_plan
+    from fedlm.server.rounds import accept_update, close_round, initial_state, open_round, signal_to_noise
+    from fedlm.updates.build import build_pipeline
+    # Prepare: 4 clients, P = 4, clip 1, z = 2 -> std on the mean 2 * 1 / 4 = 0.5; the sum's noise draw fixed to std = 2 on every coordinate
+    run = apply_overrides(RunConfig(), {"strategy": {"clip_norm": 1.0, "weighting": "uniform"},
+                                        "federation": {"clients_per_round": 4},
+                                        "privacy": {"noise_multiplier": 2.0, "noise_aware_lr": True}})
+    plan = make_privacy_plan(run.privacy, run.federation, 100)
+    pipeline = build_pipeline(run.strategy, run.lora, None, plan, run.compression)
+    monkeypatch.setattr("fedlm.updates.server.add_gaussian", lambda vector, std: vector.__iadd__(np.float32(std)))
+    state = initial_state(np.zeros(4, np.float32), pipeline)
+    rnd = open_round(state, ("a", "b", "c", "d"), pipeline)
+    for client in rnd.cohort:
+        accept_update(rnd, Update(1, 0, client, 1, np.array([0.9, 0, 0, 0], np.float32), {"steps": 1}))
+    # Execute
+    new, outcome = close_round(state, rnd)
+    # Assert: mean = (0.9 + 0.5, 0.5, 0.5, 0.5) (noise 2 on the sum, over 4); |m|^2 = 1.96 + 0.75 = 2.71;
+    # sigma^2 P = 0.25 * 4 = 1 -> factor 1 - 1/2.71
+    factor = 1 - 1 / 2.71
+    np.testing.assert_allclose(new.global_vector, factor * np.array([1.4, 0.5, 0.5, 0.5]), rtol=1e-5)
+    assert signal_to_noise(rnd, outcome)["server_lr_scale"] == pytest.approx(factor, rel=1e-5)

@@ -184,3 +184,35 @@ def fleet_command(
     run_config, settings = load_experiment("fleet", config, set_, quick, resolve_fleet)
     log = timed_log()
     run_and_write(lambda: run_fleet(run_config, settings, log), write_outputs, markdown_table, out)
+
+
+def dp_keys() -> str:
+    from fedlm.experiment.dp_settings import SECTION, DPSettings
+
+    return ", ".join(f"{SECTION}.{f}" for f in DPSettings.__dataclass_fields__)
+
+
+@app.command("dp", epilog=f"DP comparison settings (--set dp.key=value): {dp_keys()}")
+def dp_command(
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML run config (model, lora, data, client, eval, run)."),
+    out: Path = typer.Option(Path("runs/dp"), "--out", "-o", help="Where results.json, results.md and the plot go."),
+    quick: bool = typer.Option(False, "--quick", help="The tiny random model on 24 speakers: seconds, for a smoke test."),
+    set_: list[str] = typer.Option([], "--set", help="Any setting as section.key=value (repeatable), including the "
+                                   "comparison's own, e.g. --set dp.epsilons=[8.0]"),
+) -> None:
+    """User-level DP on the plays: the fraction of the centralized gain kept per design, adapter and epsilon.
+
+    Full participation, DP-FedAvg with Poisson sampling and banded MF-DP-FTRL, each with LoRA and
+    FFA-LoRA, at each dp.epsilons (delta = 1/N^1.1), over every speaker that is not held out; the
+    clip norm comes from public data (held-out speakers). Writes results.json, results.md and
+    gain_vs_predicted_snr.png to --out, updated after every row.
+    """
+    from fedlm.experiment.dp_compare import run_dp_comparison  # torch and PEFT load only when the experiment runs
+    from fedlm.experiment.dp_report import markdown_table, write_outputs
+    from fedlm.experiment.dp_settings import resolve_dp
+
+    run_config, settings = load_experiment("dp", config, set_, quick, resolve_dp)
+    log = timed_log()
+    run_and_write(lambda: run_dp_comparison(run_config, settings, log,
+                                            on_progress=lambda partial: write_outputs(partial, out)),
+                  write_outputs, markdown_table, out)

@@ -186,6 +186,8 @@ def pack_texts(
     stream = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if limit is not None and len(stream) > limit:
         stream = stream[:limit].copy()
+    if len(stream) % seq_len == 1:  # a last block of one token has no next token to predict: its loss would be 0/0
+        stream = stream[:-1]
     return PackedBlocks(stream, seq_len, pad)
 
 

@@ -8,6 +8,12 @@ sqrt(arrived / n_expected)). Over P coordinates E|m|^2 = |s|^2 + sigma^2 P, so
 sigma sqrt(P) is the round's signal-to-noise ratio, the figure `fedlm privacy plan` predicts
 before a run. It reads only the released (noised) mean, so it is post-processing of the DP
 output and costs no privacy.
+
+privacy.noise_aware_lr scales the round's step by the same estimate of the signal's share,
+max(0, 1 - sigma^2 P / |m|^2): the positive-part James-Stein estimator of the mean under known
+Gaussian noise (James & Stein 1961; Baranchik 1964), whose squared error is below that of m
+itself for P >= 3. A round whose release is mostly noise moves the model little; one that is
+mostly signal keeps its full step. Post-processing as well: no privacy cost.
 """
 
 from __future__ import annotations
@@ -31,3 +37,12 @@ def round_signal_to_noise(released_norm: float, noise_std: float, size: int) -> 
         return {"noise_norm": noise_norm, "signal_to_noise": None}
     signal = math.sqrt(max(released_norm**2 - noise_norm**2, 0.0))
     return {"noise_norm": noise_norm, "signal_to_noise": signal / noise_norm}
+
+
+def james_stein_factor(released_norm: float, noise_std: float, size: int) -> float:
+    """max(0, 1 - noise_std^2 P / |m|^2): the positive-part James-Stein shrinkage of the released mean m."""
+    if noise_std <= 0 or not math.isfinite(released_norm):
+        return 1.0
+    if released_norm <= 0:
+        return 0.0
+    return max(0.0, 1.0 - noise_std**2 * size / released_norm**2)

@@ -16,9 +16,10 @@ import numpy as np
 from fedlm.aggregation.mean import client_weight, fold, largest_share
 from fedlm.core.types import Task, Update
 from fedlm.privacy.adaptive_clip import next_clip_norm
+from fedlm.privacy.correlated_noise import round_noise
 from fedlm.privacy.ledger import PrivacyLedger
 from fedlm.privacy.release import releasable_for
-from fedlm.privacy.round_snr import noise_std_on_mean, round_signal_to_noise
+from fedlm.privacy.round_snr import james_stein_factor, noise_std_on_mean, round_signal_to_noise
 from fedlm.updates.pipeline import Pipeline, Stage, fedavg_pipeline
 from fedlm.updates.server import aggregate, apply_ingress, initial_optimizer_state, optimize
 
@@ -52,6 +53,7 @@ class ServerState:
     opt_state: tuple[np.ndarray, ...] = field(default=(), repr=False)  # the server optimizer's moments
     clip_norm: float = 0.0  # the L2 clip norm clients apply (adaptive clipping moves it)
     ledger: PrivacyLedger = field(default_factory=PrivacyLedger)  # every DP event so far
+    noise_state: tuple[np.ndarray, ...] = field(default=(), repr=False)  # banded MF-DP-FTRL: the last b - 1 noise vectors
 
 
 @dataclass
@@ -85,6 +87,7 @@ class RoundOutcome:
     failed: tuple[str, ...]
     committed: bool  # False when no update arrived: the global is unchanged
     released_norm: float | None = None  # L2 norm of the round's aggregate (under DP: the noised mean, releasable)
+    shrink: float | None = None  # privacy.noise_aware_lr: the factor the noised mean was scaled by
 
 
 def initial_state(global_vector: np.ndarray, pipeline: Pipeline | None = None) -> ServerState:
@@ -247,17 +250,27 @@ def clipped_share(rnd: OpenRound) -> float | None:
     return (len(bits) - sum(bits)) / len(bits) if bits else None
 
 
-def signal_to_noise(rnd: OpenRound, outcome: RoundOutcome) -> dict[str, float | None]:
-    """Under DP, the round's expected noise norm on the mean and its measured signal-to-noise ratio
-    (fedlm.privacy.round_snr); {} without DP or when nothing was released."""
+def round_noise_std(rnd: OpenRound, arrived: int) -> float | None:
+    """The per-coordinate noise std on the round's released mean (fedlm.privacy.round_snr); None without DP noise."""
     plan = rnd.pipeline.privacy
-    if plan is None or outcome.released_norm is None:
-        return {}
     noise = [step for step in rnd.pipeline.steps if step.stage in (Stage.CENTRAL_NOISE, Stage.NOISE_SHARE)]
-    if not noise:
+    if plan is None or not noise:
+        return None
+    z = noise[0].param("noise_multiplier") * plan.round_noise_gain(rnd.round)
+    return noise_std_on_mean(plan, z, rnd.clip_norm, arrived)
+
+
+def signal_to_noise(rnd: OpenRound, outcome: RoundOutcome) -> dict[str, float | None]:
+    """Under DP, the round's expected noise norm on the mean, its measured signal-to-noise ratio
+    (fedlm.privacy.round_snr) and, with privacy.noise_aware_lr, the factor the step was scaled by;
+    {} without DP or when nothing was released."""
+    std = round_noise_std(rnd, len(outcome.accepted))
+    if std is None or outcome.released_norm is None:
         return {}
-    std = noise_std_on_mean(plan, noise[0].param("noise_multiplier"), rnd.clip_norm, len(outcome.accepted))
-    return round_signal_to_noise(outcome.released_norm, std, rnd.total.size)
+    fields = round_signal_to_noise(outcome.released_norm, std, rnd.total.size)
+    if outcome.shrink is not None:
+        fields["server_lr_scale"] = outcome.shrink
+    return fields
 
 
 def dominance_warning(rnd: OpenRound) -> str | None:
@@ -299,7 +312,7 @@ def close_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, RoundO
     accepted = tuple(sorted(rnd.weights))
     failed = tuple(sorted(rnd.failed))
     plan = rnd.pipeline.privacy
-    ledger = state.ledger if plan is None else state.ledger.record(rnd.round, plan.round_event(arrived=len(accepted)))
+    ledger = state.ledger if plan is None else plan.charge(state.ledger, rnd.round, arrived=len(accepted))
     clip_norm = state.clip_norm
     if plan is not None and plan.adaptive_clip:
         clip_norm, _ = next_clip_norm(
@@ -311,8 +324,17 @@ def close_round(state: ServerState, rnd: OpenRound) -> tuple[ServerState, RoundO
         return new_state, RoundOutcome(rnd.round, state.version, accepted, failed, committed=False)
     weights = np.fromiter(rnd.weights.values(), dtype=np.float64, count=len(rnd.weights))
     rows = rnd.stack[: len(weights)] if rnd.stack is not None else None
-    aggregate_delta = aggregate(rnd.pipeline, state.global_vector, rnd.total, rows, weights, rnd.clip_norm)
-    new_global, opt_state = optimize(rnd.pipeline, state.opt_state, state.global_vector, aggregate_delta)
-    new_state = ServerState(state.version + 1, new_global, rnd.round, opt_state, clip_norm, ledger)
+    correlated, noise_state = None, state.noise_state
+    if plan is not None and plan.correlated:  # banded MF-DP-FTRL: this round's share of the correlated noise
+        std = plan.sum_noise_multiplier * rnd.clip_norm
+        correlated, noise_state = round_noise(plan.coefficients, state.noise_state, rnd.total.size, std)
+    aggregate_delta = aggregate(rnd.pipeline, state.global_vector, rnd.total, rows, weights, rnd.clip_norm, correlated)
     released = float(np.linalg.norm(aggregate_delta))  # a dot product in place: no copy of the vector
-    return new_state, RoundOutcome(rnd.round, new_state.version, accepted, failed, committed=True, released_norm=released)
+    shrink = None
+    if plan is not None and plan.noise_aware_lr:  # post-processing of the noised mean: no privacy cost
+        shrink = james_stein_factor(released, round_noise_std(rnd, len(accepted)) or 0.0, aggregate_delta.size)
+        aggregate_delta = aggregate_delta * np.float32(shrink)
+    new_global, opt_state = optimize(rnd.pipeline, state.opt_state, state.global_vector, aggregate_delta)
+    new_state = ServerState(state.version + 1, new_global, rnd.round, opt_state, clip_norm, ledger, noise_state)
+    return new_state, RoundOutcome(rnd.round, new_state.version, accepted, failed, committed=True, released_norm=released,
+                                   shrink=shrink)

@@ -173,6 +173,9 @@ class ServiceSettings:
                 require(not run.secagg.enabled, "secagg.enabled", "server.replica = true does not run secure "
                         "aggregation yet: its stages keep the protocol's state in one process")
                 require(run.policy.kind == "sync", "policy.kind", "server.replica = true runs synchronous rounds only")
+            require(run.federation.sampling != "cyclic", "federation.sampling",
+                    "'cyclic' (and privacy.mechanism = 'banded_mf') run in `fedlm simulate` only: the service invites "
+                    "the clients that are online, so it cannot hold a client to one turn every federation.groups rounds")
             require(run.clusters.count == 1, "clusters.count",
                     "the service holds one global model: several globals (clustered FL) run in `fedlm simulate` only")
             require(run.policy.kind != "quorum", "policy.kind",

@@ -1,7 +1,9 @@
 """The run's persisted server state, written after every round, so a run can resume.
 
 Holds the global vector, the server optimizer's moments, the clip norm, the version,
-the privacy ledger (so a resumed run continues the epsilon count) and, in the
+the privacy ledger (so a resumed run continues the epsilon count), banded MF-DP-FTRL's
+last noise vectors (secret server state: a resumed run continues the same correlated
+noise, fedlm.privacy.correlated_noise) and, in the
 simulation, the clients' private parameters (client-side state kept here only because
 the simulation plays every client). Arrays go to safetensors, the rest to JSON; the
 pair is replaced atomically, so a crash mid-write leaves the previous checkpoint whole.
@@ -23,6 +25,7 @@ from fedlm.sim.rundir import CHECKPOINT_DIR
 
 PRIVATE_PREFIX = "private/"
 RESIDUAL_PREFIX = "residual/"
+NOISE_PREFIX = "noise/"
 FINGERPRINT_KIND = "changed-settings"  # sim.rundir.run_fingerprint: the settings that differ from their defaults
 
 
@@ -33,6 +36,7 @@ def save_checkpoint(
     """Replace the checkpoint atomically; `fingerprint` names the run that wrote it (sim.rundir.run_fingerprint)."""
     arrays = {"global": state.global_vector}
     arrays.update({f"opt/{i}": m for i, m in enumerate(state.opt_state)})
+    arrays.update({f"{NOISE_PREFIX}{i}": w for i, w in enumerate(state.noise_state)})
     arrays.update({PRIVATE_PREFIX + cid: v for cid, v in private.items() if v.size})
     arrays.update({RESIDUAL_PREFIX + cid: v for cid, v in (residuals or {}).items()})
     meta = {
@@ -40,6 +44,7 @@ def save_checkpoint(
         "rounds_done": state.rounds_done,
         "clip_norm": state.clip_norm,
         "opt_state_len": len(state.opt_state),
+        "noise_state_len": len(state.noise_state),
         "ledger": json.loads(state.ledger.to_json()),
         "run_fingerprint": fingerprint,
         "fingerprint_kind": FINGERPRINT_KIND,  # how run_fingerprint hashes; checkpoints without it hashed every table
@@ -91,6 +96,7 @@ def load_checkpoint_full(run_dir: Path) -> tuple[ServerState, dict[str, np.ndarr
         opt_state=tuple(arrays[f"opt/{i}"] for i in range(int(meta["opt_state_len"]))),
         clip_norm=float(meta["clip_norm"]),
         ledger=PrivacyLedger.from_json(json.dumps(meta["ledger"])),
+        noise_state=tuple(arrays[f"{NOISE_PREFIX}{i}"] for i in range(int(meta.get("noise_state_len", 0)))),
     )
     private = {k[len(PRIVATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(PRIVATE_PREFIX)}
     residuals = {k[len(RESIDUAL_PREFIX):]: v for k, v in arrays.items() if k.startswith(RESIDUAL_PREFIX)}

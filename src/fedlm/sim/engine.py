@@ -48,7 +48,7 @@ from fedlm.server.rounds import (
     mark_failed,
     open_round,
 )
-from fedlm.server.selection import sample_fixed, sample_poisson
+from fedlm.server.selection import cyclic_cohort, cyclic_groups, sample_fixed, sample_poisson
 from fedlm.sim.events import Reporter, SilentReporter
 from fedlm.sim.cohort import ClientJob, Executor, make_jobs
 from fedlm.sim.secure_round import ClientTurn, secure_round
@@ -73,6 +73,9 @@ class RunResult:
 
 def sample_cohort(sim: Simulation, round: int) -> tuple[str, ...]:
     fed = sim.config.federation
+    if fed.sampling == "cyclic":  # the same seeded split every round: a client trains once every `groups` rounds
+        groups = cyclic_groups(sim.population, fed.groups, sim.config.run.seed)
+        return cyclic_cohort(groups, round)
     rng = make_rng(sim.config.run.seed, "cohort", round)
     if fed.sampling == "poisson":
         return sample_poisson(sim.population, fed.sample_rate, rng)
@@ -262,13 +265,15 @@ def simulate(
     private_state: dict[str, np.ndarray] | None = None,
     start: ServerState | None = None,
     monitor_history: MonitorHistory | None = None,
+    executor: Executor | None = None,
 ) -> RunResult:
     """Run rounds until federation.rounds (or the privacy budget); `on_record(record, state)` sees each.
 
     `private_state` maps client id to that client's private parameters: client-side
     state, which in the service never leaves the client. `start` resumes from a saved state;
     `monitor_history` is then the monitoring history of the rounds already run
-    (monitoring.history.history_from_records over their metrics lines).
+    (monitoring.history.history_from_records over their metrics lines). `executor` runs the clients instead
+    of the one [simulation] names (the caller keeps it and closes it).
     """
     reporter = reporter or SilentReporter()
     initial = initial_state(sim.adapter.initial_shared, sim.pipeline)
@@ -282,7 +287,8 @@ def simulate(
     if sim.pipeline.needs_stack:
         log.info("the %s aggregator keeps every update of a round in memory: cohort x %d floats",
                  sim.pipeline.aggregator.name, state.global_vector.size)
-    executor = make_sim_executor(sim, reporter)
+    own_executor = executor is None
+    executor = make_sim_executor(sim, reporter) if executor is None else executor
     sketcher, history = monitoring_sketcher(sim), monitor_history or MonitorHistory()
     clock = round_clock(sim, state.rounds_done)
     try:
@@ -314,5 +320,6 @@ def simulate(
             if on_record is not None:
                 on_record(record, state)
     finally:
-        executor.close()
+        if own_executor:
+            executor.close()
     return result

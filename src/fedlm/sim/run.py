@@ -111,6 +111,10 @@ def policy_fields(sim: Simulation, result: RunResult | None) -> dict[str, Any]:
 def check_resume_config(saved: RunConfig, config: RunConfig) -> None:
     """A resumed run may only run longer, execute differently or report elsewhere: any other change would break the
     ledger or the optimizer state."""
+    if config.federation.rounds != saved.federation.rounds and saved.privacy.mechanism == "banded_mf":
+        raise ValueError(f"--resume cannot change federation.rounds ({saved.federation.rounds} -> "
+                         f"{config.federation.rounds}) under privacy.mechanism = 'banded_mf': its factor and the "
+                         "epsilon paid in round 1 are planned over the rounds of the run. Start a new run")
     if run_identity(config) != run_identity(saved):
         raise ValueError("--resume may change federation.rounds and how the run executes ([simulation], model.device, "
                          "model.threads, model.gradient_checkpointing) or is reported ([tracking]); every other setting "

@@ -58,11 +58,12 @@ def make_run_dir(path: Path, *, overwrite: bool = False) -> Path:
 
 
 def run_identity(config: RunConfig) -> RunConfig:
-    """The settings a resumed run must keep: all but federation.rounds, how it executes on this machine
+    """The settings a resumed run must keep: all but federation.rounds (kept under banded_mf), how it executes on this machine
     ([simulation], model.device, model.threads, model.gradient_checkpointing) and where it is also reported
     ([tracking]), which are reset here."""
     model = replace(config.model, device="auto", threads=0, gradient_checkpointing=False)
-    return replace(config, federation=replace(config.federation, rounds=1), simulation=SimulationSettings(), model=model,
+    rounds = config.federation.rounds if config.privacy.mechanism == "banded_mf" else 1  # its factor spans the rounds
+    return replace(config, federation=replace(config.federation, rounds=rounds), simulation=SimulationSettings(), model=model,
                    tracking=TrackingSettings())
 
 

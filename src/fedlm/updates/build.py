@@ -7,7 +7,7 @@ from fedlm.config import CompressionSettings, LoraSettings, SecAggSettings, Stra
 from fedlm.core.vectors import Spec
 from fedlm.privacy.accountant import update_noise_for
 from fedlm.privacy.plan import PrivacyPlan
-from fedlm.updates.pipeline import SHARED_QUANTIZE, Pipeline, PipelineError, Stage, Step, make_pipeline
+from fedlm.updates.pipeline import CORRELATED_NOISE, SHARED_QUANTIZE, Pipeline, PipelineError, Stage, Step, make_pipeline
 
 
 def make_server_optimizer(strategy: StrategySettings) -> ServerOptimizer:
@@ -47,6 +47,9 @@ def privacy_steps(plan: PrivacyPlan | None) -> tuple[list[Step], list[Step]]:
     """(client steps, server steps after the sum) for user-level DP-FedAvg."""
     if plan is None:
         return [], []
+    if plan.correlated:  # banded MF-DP-FTRL: std s sigma C on the sum before correlation, C^-1 Z across rounds
+        z = (("noise_multiplier", plan.sum_noise_multiplier), ("expected_cohort", plan.expected_cohort))
+        return [], [Step(CORRELATED_NOISE, Stage.CENTRAL_NOISE, params=z)]
     z = (("noise_multiplier", update_noise_multiplier(plan)), ("expected_cohort", plan.expected_cohort))
     if plan.placement == "distributed":
         return [Step("noise_share", Stage.NOISE_SHARE, params=z)], []

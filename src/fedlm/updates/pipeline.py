@@ -49,6 +49,7 @@ class Stage(enum.IntEnum):
 CLIENT_STAGES = {Stage.CLIP, Stage.NOISE_SHARE, Stage.SPARSIFY, Stage.QUANTIZE, Stage.MASK}
 # The quantizer on the cohort's shared grid (updates.dp_quantize): its rounding never leaves the clip norm
 SHARED_QUANTIZE = "shared_quantize"
+CORRELATED_NOISE = "correlated_noise"  # banded MF-DP-FTRL: the round's share of noise correlated across rounds (server state)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from fedlm.aggregation import robust, server_opt
 from fedlm.aggregation.lora_modes import svd_aggregate
 from fedlm.aggregation.mean import weighted_mean
 from fedlm.privacy.noise import add_gaussian
-from fedlm.updates.pipeline import Pipeline, Stage
+from fedlm.updates.pipeline import CORRELATED_NOISE, Pipeline, Stage
 
 
 def apply_ingress(pipeline: Pipeline, vector: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -24,11 +24,18 @@ def apply_ingress(pipeline: Pipeline, vector: np.ndarray, scratch: np.ndarray) -
     return result
 
 
-def noised_mean(pipeline: Pipeline, total: np.ndarray, weights: np.ndarray, clip_norm: float) -> np.ndarray:
-    """sum -> [central noise, std z * clip_norm] -> divide by the fixed denominator or the weight sum."""
+def noised_mean(
+    pipeline: Pipeline, total: np.ndarray, weights: np.ndarray, clip_norm: float, correlated: np.ndarray | None = None,
+) -> np.ndarray:
+    """sum -> [central noise, std z * clip_norm; or the round's correlated noise] -> divide by the fixed
+    denominator or the weight sum."""
     noisy = total
     for step in pipeline.steps:
-        if step.stage == Stage.CENTRAL_NOISE:
+        if step.stage == Stage.CENTRAL_NOISE and step.name == CORRELATED_NOISE:
+            if correlated is None or correlated.shape != total.shape:
+                raise ValueError("the correlated_noise step needs the round's noise vector (banded MF-DP-FTRL)")
+            noisy = total + correlated
+        elif step.stage == Stage.CENTRAL_NOISE:
             noisy = total.copy()
             add_gaussian(noisy, step.param("noise_multiplier") * clip_norm)
     denominator = dict(pipeline.aggregator.params).get("denominator") or float(weights.sum())
@@ -37,12 +44,13 @@ def noised_mean(pipeline: Pipeline, total: np.ndarray, weights: np.ndarray, clip
 
 def aggregate(
     pipeline: Pipeline, global_vector: np.ndarray, total: np.ndarray, rows: np.ndarray | None, weights: np.ndarray,
-    clip_norm: float = 0.0,
+    clip_norm: float = 0.0, correlated: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The round's aggregate delta: the (noised) mean of the folded sum, or a robust statistic of the rows."""
+    """The round's aggregate delta: the (noised) mean of the folded sum, or a robust statistic of the rows.
+    `correlated`: banded MF-DP-FTRL's noise for this round's sum, already scaled."""
     step = pipeline.aggregator
     if step.name == "mean":
-        return noised_mean(pipeline, total, weights, clip_norm)
+        return noised_mean(pipeline, total, weights, clip_norm, correlated)
     if rows is None:
         raise ValueError(f"the {step.name} aggregator needs every update of the round")
     if step.name == "lora_svd":
