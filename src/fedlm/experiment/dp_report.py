@@ -9,6 +9,7 @@ from fedlm.experiment.outputs import figure
 from fedlm.experiment.outputs import write_outputs as write_files
 
 PLOT = "gain_vs_predicted_snr.png"
+FLOOR = -0.5  # the plot's lowest fraction; a row below it is drawn there with its value
 DESIGN_NAMES = {"full": "full participation", "poisson": "DP-FedAvg, Poisson", "banded_mf": "banded MF-DP-FTRL"}
 ADAPTER_NAMES = {"fedit": "LoRA", "ffa": "FFA-LoRA"}
 
@@ -68,11 +69,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
             if row["predicted_snr"] is None:
                 continue
             label = f"{ADAPTER_NAMES[row['adapter']]}, {row_name(row)}"
-            ax.scatter(row["predicted_snr"], row["fraction_of_centralized_gain"], marker=markers[row["design"]],
+            fraction = row["fraction_of_centralized_gain"]
+            shown = max(fraction, FLOOR)  # a run the noise wrecked is drawn at the floor, its value written beside it
+            ax.scatter(row["predicted_snr"], shown, marker=markers[row["design"]] if fraction > FLOOR else "v",
                        color=colors[row["adapter"]], facecolors="none" if row["noise_aware_lr"] else None,
                        label=None if label in seen else label)
-            ax.annotate(f"ε={row['target_epsilon']:g}", (row["predicted_snr"], row["fraction_of_centralized_gain"]),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+            note = f"ε={row['target_epsilon']:g}" + ("" if fraction > FLOOR else f" ({fraction:.0%}, off scale)")
+            ax.annotate(note, (row["predicted_snr"], shown), fontsize=6, xytext=(3, 3), textcoords="offset points")
             seen.add(label)
         for row in results["rows"]:
             if row["target_epsilon"] is None and row["design"] == "full":
@@ -80,6 +83,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                            label=f"{ADAPTER_NAMES[row['adapter']]}, full participation without DP")
         ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="half the centralized gain")
         ax.set_xscale("log")
+        ax.set_ylim(bottom=FLOOR - 0.05)
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
