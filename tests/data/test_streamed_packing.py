@@ -13,7 +13,8 @@ from fedlm.work.causal_lm import CausalLmWork
 
 
 def pack_texts_whole(tokenizer, texts: list[str], seq_len: int) -> Blocks:
-    """The reference: pack_texts as it was before streaming (all texts tokenized in one call, int64 throughout)."""
+    """The reference: pack_texts as it was before streaming (all texts tokenized in one call, int64 throughout),
+    less a last block of one token (it has no target, so pack_texts drops it)."""
     if not texts:
         empty = torch.zeros((0, seq_len), dtype=torch.long)
         return Blocks(empty, empty.clone())
@@ -21,6 +22,8 @@ def pack_texts_whole(tokenizer, texts: list[str], seq_len: int) -> Blocks:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     stream = np.fromiter((t for ids in encoded for t in (*ids, eos)), dtype=np.int64)
+    if len(stream) % seq_len == 1:
+        stream = stream[:-1]
     num_blocks = -(-len(stream) // seq_len)
     ids = np.full(num_blocks * seq_len, pad, dtype=np.int64)
     labels = np.full(num_blocks * seq_len, IGNORE, dtype=np.int64)
