@@ -11,9 +11,9 @@ import pytest
 from fedlm.config import ConfigError, RunConfig, apply_overrides
 from fedlm.server.selection import cyclic_cohort, cyclic_groups
 from fedlm.sim.checkpoint import load_checkpoint
-from fedlm.sim.events import SilentReporter
 from fedlm.sim.rundir import read_metrics
 from fedlm.sim.run import run_simulation
+from test_overwrite_resume import StopInRound
 
 TINY = {"model": {"name": "tiny"}, "data": {"seq_len": 32, "min_lines": 700}, "eval": {"clients": 2, "max_sequences": 4},
         "client": {"local_steps": 1, "batch_size": 2}, "strategy": {"clip_norm": 0.5, "weighting": "uniform"}}
@@ -57,15 +57,6 @@ class Deterministic:
     def __call__(self, size: int, std: float) -> np.ndarray:
         self.draws += 1
         return np.random.default_rng(self.draws).standard_normal(size).astype(np.float32) * std
-
-
-class StopInRound(SilentReporter):
-    def __init__(self, round: int) -> None:
-        self.round = round
-
-    def round_started(self, round: int, cohort_size: int) -> None:
-        if round == self.round:
-            raise KeyboardInterrupt
 
 
 def test_an_interrupted_run_resumes_the_same_noise_stream_and_pays_once(tmp_path, monkeypatch):
