@@ -30,8 +30,9 @@ QUICK_HELP = "The tiny random model on a handful of clients: seconds, for a smok
 SET_HELP = "Any setting as section.key=value (repeatable), including the experiment's own, e.g. --set experiment.rounds=4"
 
 
-def experiment_keys(settings: type = ExperimentSettings) -> str:
-    return ", ".join(f"experiment.{f}" for f in settings.__dataclass_fields__)
+def experiment_keys(settings: type = ExperimentSettings, section: str = "experiment") -> str:
+    """Every key of a comparison's settings table, as --set names it."""
+    return ", ".join(f"{section}.{f}" for f in settings.__dataclass_fields__)
 
 
 def load_experiment(command: str, config: Path | None, set_: list[str], quick: bool, resolver: Resolve,
@@ -160,7 +161,7 @@ def clusters_command(
 def fleet_keys() -> str:
     from fedlm.experiment.fleet_settings import SECTION, FleetSettings
 
-    return ", ".join(f"{SECTION}.{f}" for f in FleetSettings.__dataclass_fields__)
+    return experiment_keys(FleetSettings, SECTION)
 
 
 @app.command("fleet", epilog=f"Fleet settings (--set fleet.key=value): {fleet_keys()}")
@@ -189,7 +190,7 @@ def fleet_command(
 def dp_keys() -> str:
     from fedlm.experiment.dp_settings import SECTION, DPSettings
 
-    return ", ".join(f"{SECTION}.{f}" for f in DPSettings.__dataclass_fields__)
+    return experiment_keys(DPSettings, SECTION)
 
 
 @app.command("dp", epilog=f"DP comparison settings (--set dp.key=value): {dp_keys()}")
